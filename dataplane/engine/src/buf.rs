@@ -1,0 +1,116 @@
+//! Packet buffers with headroom and tailroom, the unit the engine works on.
+//!
+//! `buf[head..head + len]` is the frame; the engine moves `head` back to prepend
+//! headers and grows `len` into the tailroom to append trailers, never copying the
+//! payload. The DPDK dataplane builds one over each mbuf's data room and writes `head`
+//! and `len` back as `data_off` and `data_len`.
+
+/// A frame inside a larger buffer.
+#[derive(Debug)]
+pub struct PktBuf<B> {
+    buf: B,
+    head: usize,
+    len: usize,
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> PktBuf<B> {
+    /// A frame at `buf[head..head + len]`; `None` if that range is outside `buf`.
+    pub fn new(buf: B, head: usize, len: usize) -> Option<Self> {
+        if head.checked_add(len)? > buf.as_ref().len() {
+            return None;
+        }
+        Some(PktBuf { buf, head, len })
+    }
+
+    #[inline]
+    pub fn head(&self) -> usize {
+        self.head
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    pub fn headroom(&self) -> usize {
+        self.head
+    }
+
+    #[inline]
+    pub fn tailroom(&self) -> usize {
+        self.buf.as_ref().len() - self.head - self.len
+    }
+
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        &self.buf.as_ref()[self.head..self.head + self.len]
+    }
+
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let (h, l) = (self.head, self.len);
+        &mut self.buf.as_mut()[h..h + l]
+    }
+
+    /// The whole buffer, head- and tailroom included.
+    #[inline]
+    pub fn raw(&self) -> &[u8] {
+        self.buf.as_ref()
+    }
+
+    #[inline]
+    pub fn raw_mut(&mut self) -> &mut [u8] {
+        self.buf.as_mut()
+    }
+
+    /// Move the frame to `buf[head..head + len]`. Returns false, changing nothing, if
+    /// that is outside the buffer.
+    #[inline]
+    pub fn set_range(&mut self, head: usize, len: usize) -> bool {
+        match head.checked_add(len) {
+            Some(end) if end <= self.buf.as_ref().len() => {
+                self.head = head;
+                self.len = len;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn into_inner(self) -> B {
+        self.buf
+    }
+}
+
+impl PktBuf<Vec<u8>> {
+    /// Copy `frame` into a new buffer with the given head- and tailroom.
+    pub fn from_frame(frame: &[u8], headroom: usize, tailroom: usize) -> Self {
+        let mut v = vec![0u8; headroom + frame.len() + tailroom];
+        v[headroom..headroom + frame.len()].copy_from_slice(frame);
+        PktBuf { buf: v, head: headroom, len: frame.len() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let mut p = PktBuf::from_frame(&[1, 2, 3], 4, 5);
+        assert_eq!((p.headroom(), p.len(), p.tailroom()), (4, 3, 5));
+        assert_eq!(p.data(), &[1, 2, 3]);
+        assert!(p.set_range(2, 10));
+        assert_eq!((p.headroom(), p.tailroom()), (2, 0));
+        assert!(!p.set_range(3, 10));
+        assert!(!p.set_range(usize::MAX, 2));
+        assert_eq!(p.head(), 2);
+        assert!(PktBuf::new(vec![0u8; 4], 3, 2).is_none());
+    }
+}

@@ -1,0 +1,170 @@
+//! The engine: one worker's SA table, reassembly table and counters, and the
+//! operations that install SAs. Packets go through `decap_burst` (inbound.rs) and
+//! `encap_burst` (outbound.rs).
+
+use crate::counters::Counters;
+use crate::crypto::{Backend, Ring};
+use crate::event::{Event, EventKind, EventSink, ExpiryCause, Limit};
+use crate::reassembly::{Reassembler, ReassemblyConfig};
+use crate::sa::{Direction, SaEntry, SaParams, SaRuntime, SaTable, TableError};
+use crate::wire::esp::NATT_PORT;
+
+/// Packets processed per stage pass; longer slices are processed in chunks of this.
+pub const MAX_BURST: usize = 64;
+
+/// Engine settings that are not per SA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub reassembly: ReassemblyConfig,
+    /// Largest outer IP packet the public side sends.
+    pub mtu: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { reassembly: ReassemblyConfig::default(), mtu: 1500 }
+    }
+}
+
+/// One worker's protocol state. Single-owner: every method takes `&mut self` or `&self`,
+/// nothing inside is shared or locked.
+pub struct Engine<B: Backend = Ring> {
+    pub(crate) cfg: EngineConfig,
+    pub(crate) sas: SaTable<B::Key>,
+    pub(crate) reasm: Reassembler,
+    pub(crate) counters: Counters,
+    pub(crate) ip_ident: u16,
+    /// Local UDP ports that carry ESP-in-UDP: 4500 and every SA's own.
+    natt_ports: Vec<u16>,
+    /// Per-burst scratch of the pipelines, allocated once.
+    pub(crate) in_meta: Option<Box<[crate::inbound::Meta; MAX_BURST]>>,
+    pub(crate) out_meta: Option<Box<[crate::outbound::Meta; MAX_BURST]>>,
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn new(cfg: EngineConfig) -> Self {
+        Engine {
+            cfg,
+            sas: SaTable::new(),
+            reasm: Reassembler::new(cfg.reassembly),
+            counters: Counters::default(),
+            ip_ident: 0,
+            natt_ports: vec![NATT_PORT],
+            in_meta: Some(Box::new([crate::inbound::EMPTY; MAX_BURST])),
+            out_meta: Some(Box::new([crate::outbound::EMPTY; MAX_BURST])),
+        }
+    }
+
+    /// An engine with these SAs installed, or the first error.
+    pub fn with_sas(cfg: EngineConfig, sas: impl IntoIterator<Item = SaParams>) -> Result<Self, TableError> {
+        let mut e = Self::new(cfg);
+        for p in sas {
+            e.add_sa(p)?;
+        }
+        Ok(e)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn add_sa(&mut self, p: SaParams) -> Result<(), TableError> {
+        let port = p.encap.map(|e| e.local_port);
+        self.sas.insert::<B>(p)?;
+        if let Some(port) = port {
+            if !self.natt_ports.contains(&port) {
+                self.natt_ports.push(port);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn remove_sa(&mut self, direction: Direction, spi: u32) -> Option<SaParams> {
+        let p = self.sas.remove(direction, spi)?;
+        self.natt_ports = core::iter::once(NATT_PORT)
+            .chain(self.sas.iter().filter_map(|e| e.rt.encap.map(|x| x.local_port)))
+            .fold(Vec::new(), |mut v, port| {
+                if !v.contains(&port) {
+                    v.push(port);
+                }
+                v
+            });
+        Some(p)
+    }
+
+    pub fn sa(&self, direction: Direction, spi: u32) -> Option<&SaEntry<B::Key>> {
+        self.sas.find(direction, spi)
+    }
+
+    pub fn sas(&self) -> &SaTable<B::Key> {
+        &self.sas
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn reassembler(&self) -> &Reassembler {
+        &self.reasm
+    }
+
+    /// Discard fragments whose datagram timed out; call when idle.
+    pub fn expire(&mut self, now: u64) {
+        let n = self.reasm.expire(now);
+        self.counters.drops[crate::reason::DropReason::FragTimeout as usize] += u64::from(n);
+    }
+
+    #[inline]
+    pub(crate) fn is_natt_port(&self, port: u16) -> bool {
+        port == NATT_PORT || self.natt_ports.contains(&port)
+    }
+
+    #[inline]
+    pub(crate) fn next_ident(&mut self) -> u16 {
+        self.ip_ident = self.ip_ident.wrapping_add(1);
+        self.ip_ident
+    }
+}
+
+/// Count one packet through an SA against its lifetime; raise soft and hard events.
+#[inline]
+pub(crate) fn account<K>(sa: &mut SaRuntime<K>, bytes: u64, events: &mut impl EventSink) {
+    sa.stats.packets += 1;
+    sa.stats.bytes += bytes;
+    let lt = sa.lifetime;
+    let (p, b) = (sa.stats.packets, sa.stats.bytes);
+    if !sa.soft_fired {
+        let hit = if lt.soft_packets.is_some_and(|s| p >= s) {
+            Some(Limit::Packets)
+        } else if lt.soft_bytes.is_some_and(|s| b >= s) {
+            Some(Limit::Bytes)
+        } else {
+            None
+        };
+        if let Some(l) = hit {
+            sa.soft_fired = true;
+            events.push(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SoftLifetime(l) });
+        }
+    }
+    let hard = if lt.hard_packets.is_some_and(|h| p >= h) {
+        Some(Limit::Packets)
+    } else if lt.hard_bytes.is_some_and(|h| b >= h) {
+        Some(Limit::Bytes)
+    } else {
+        None
+    };
+    if let Some(l) = hard {
+        if !sa.expired {
+            events.push(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::HardLifetime(l) });
+            expire(sa, ExpiryCause::HardLifetime(l), events);
+        }
+    }
+}
+
+/// Mark an SA expired and say so once.
+pub(crate) fn expire<K>(sa: &mut SaRuntime<K>, cause: ExpiryCause, events: &mut impl EventSink) {
+    if !sa.expired {
+        sa.expired = true;
+        events.push(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SaExpired(cause) });
+    }
+}

@@ -1,0 +1,676 @@
+//! Decapsulation. A burst of frames from the public side goes through four stages, each
+//! over the whole burst: parse and classify (reassembling fragments), look up the SA and
+//! check the packet before any crypto (destination, encapsulation, lengths,
+//! anti-replay), open in place, then finish (window update, trailer, inner-packet
+//! checks, NAT mapping, lifetimes) and rewrite the frame around the inner packet.
+
+use crate::buf::PktBuf;
+use crate::crypto::{AeadKey, Backend, nonce};
+use crate::engine::{Engine, MAX_BURST, account};
+use crate::event::{Event, EventKind, EventSink};
+use crate::reason::{DropReason, PuntReason};
+use crate::reassembly::{FragOutcome, Fragment};
+use crate::replay::ReplayError;
+use crate::sa::{Direction, Endpoint, Mode, SaRuntime};
+use crate::wire::esp::{self, ICV_LEN, NattKind, PREFIX_LEN};
+use crate::wire::ethernet::{self, ethertype};
+use crate::wire::{WireError, be32, checksum, ipv4, ipv6, proto, udp};
+use core::net::{IpAddr, Ipv4Addr};
+
+/// What became of an inbound frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InVerdict {
+    /// Decapsulated (tunnel mode): the frame is now the inner packet behind an Ethernet
+    /// header, for the protected network.
+    Tunnel,
+    /// Decapsulated (transport mode): the frame is the rebuilt packet, for this host.
+    Transport,
+    /// A NAT-T keepalive, consumed.
+    Keepalive,
+    /// For the host stack, unchanged.
+    Punt(PuntReason),
+    /// A fragment kept for reassembly; the buffer may be reused.
+    Held,
+    Drop(DropReason),
+}
+
+/// The verdict for one frame and what was learned about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InResult {
+    pub verdict: InVerdict,
+    /// The SPI, once read.
+    pub spi: Option<u32>,
+    /// The outer source address and UDP port (0 for plain ESP).
+    pub source: Option<Endpoint>,
+}
+
+impl Default for InResult {
+    fn default() -> Self {
+        InResult { verdict: InVerdict::Drop(DropReason::FrameTruncated), spi: None, source: None }
+    }
+}
+
+/// What the stages pass on about one packet. Offsets are from the frame's start.
+#[derive(Clone, Copy)]
+pub(crate) struct Meta {
+    live: bool,
+    l3: usize,
+    esp: usize,
+    end: usize,
+    v6: bool,
+    encap: bool,
+    tos: u8,
+    ttl: u8,
+    ident: u16,
+    df: bool,
+    flow: u32,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    spi: u32,
+    seq: u64,
+    slot: u32,
+}
+
+pub(crate) const EMPTY: Meta = Meta {
+    live: false,
+    l3: 0,
+    esp: 0,
+    end: 0,
+    v6: false,
+    encap: false,
+    tos: 0,
+    ttl: 0,
+    ident: 0,
+    df: false,
+    flow: 0,
+    src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    sport: 0,
+    dport: 0,
+    spi: 0,
+    seq: 0,
+    slot: u32::MAX,
+};
+
+const NO_SLOT: u32 = u32::MAX;
+
+impl<B: Backend> Engine<B> {
+    /// Decapsulate a burst in place. `results[i]` receives the verdict for `pkts[i]`;
+    /// `now` is a monotonic time in nanoseconds (for fragment timeouts).
+    pub fn decap_burst<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], now: u64, results: &mut [InResult], events: &mut E)
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        E: EventSink,
+    {
+        self.expire(now);
+        let n = pkts.len().min(results.len());
+        let mut start = 0;
+        while start < n {
+            let end = (start + MAX_BURST).min(n);
+            self.decap_chunk(&mut pkts[start..end], now, &mut results[start..end], events);
+            start = end;
+        }
+    }
+
+    fn decap_chunk<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], now: u64, results: &mut [InResult], events: &mut E)
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        E: EventSink,
+    {
+        // Scratch kept in the engine, so a burst does not initialise it anew.
+        let mut scratch = self.in_meta.take().unwrap_or_else(|| Box::new([EMPTY; MAX_BURST]));
+        let n = pkts.len().min(MAX_BURST);
+        let meta = &mut scratch[..n];
+
+        // Stage 1: parse and classify.
+        for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
+            self.counters.in_packets += 1;
+            self.counters.in_bytes += pkt.len() as u64;
+            *res = InResult::default();
+            m.live = false;
+            m.slot = NO_SLOT;
+            match self.parse(now, pkt, m, res) {
+                Ok(()) => m.live = true,
+                Err(v) => self.settle_in(res, m, v),
+            }
+        }
+
+        // Stage 2: SA lookup, in a tight loop so the lookups of a burst overlap.
+        for m in meta.iter_mut().filter(|m| m.live) {
+            m.slot = self.sas.inbound_slot(m.spi).unwrap_or(NO_SLOT);
+        }
+
+        // Stage 3: every check that needs no crypto.
+        for ((pkt, m), res) in pkts.iter().zip(meta.iter_mut()).zip(results.iter_mut()) {
+            if m.live {
+                if let Err(r) = self.precheck(pkt.data(), m) {
+                    self.settle_in(res, m, InVerdict::Drop(r));
+                }
+            }
+        }
+
+        // Stage 4: verify and decrypt in place.
+        for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
+            if m.live && !self.open(pkt, m) {
+                self.settle_in(res, m, InVerdict::Drop(DropReason::AuthFailed));
+            }
+        }
+
+        // Stage 5: window, trailer, inner packet, NAT, lifetime; rewrite the frame.
+        for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
+            if m.live {
+                let v = self.finish(pkt, m, events);
+                self.settle_in(res, m, v);
+            }
+        }
+        self.in_meta = Some(scratch);
+    }
+
+    /// Record a final verdict and count it.
+    fn settle_in(&mut self, res: &mut InResult, m: &mut Meta, v: InVerdict) {
+        m.live = false;
+        res.verdict = v;
+        match v {
+            InVerdict::Drop(r) => {
+                self.counters.drop(r);
+                if m.slot != NO_SLOT {
+                    if let Some(e) = self.sas.get_mut(m.slot) {
+                        e.rt.count_drop(r);
+                    }
+                }
+            }
+            InVerdict::Punt(p) => self.counters.punts[p as usize] += 1,
+            InVerdict::Keepalive => self.counters.keepalives += 1,
+            InVerdict::Held => self.counters.frag_held += 1,
+            InVerdict::Tunnel | InVerdict::Transport => {}
+        }
+    }
+
+    // ---- stage 1 ----
+
+    fn parse<Buf>(&mut self, now: u64, pkt: &mut PktBuf<Buf>, m: &mut Meta, res: &mut InResult) -> Result<(), InVerdict>
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        use InVerdict::{Drop, Punt};
+        let l2 = ethernet::Frame::new_checked(pkt.data()).and_then(|f| f.info()).map_err(|e| {
+            Drop(if e == WireError::Malformed { DropReason::StackedVlan } else { DropReason::FrameTruncated })
+        })?;
+        m.l3 = usize::from(l2.l3_offset);
+        // At most one pass for a fragment, a second for the datagram it completed.
+        for _ in 0..2 {
+            let (proto, l4, end) = match l2.ethertype {
+                ethertype::IPV4 => match self.parse_v4(now, pkt, m)? {
+                    Some(x) => x,
+                    None => continue,
+                },
+                ethertype::IPV6 => match self.parse_v6(now, pkt, m)? {
+                    Some(x) => x,
+                    None => continue,
+                },
+                _ => return Err(Punt(PuntReason::Host)),
+            };
+            let d = pkt.data();
+            if proto != proto::UDP {
+                res.source = Some(Endpoint { addr: m.src, port: 0 });
+            }
+            return match proto {
+                proto::UDP => {
+                    let u = udp::Packet::new_checked(&d[l4..end]).map_err(|_| {
+                        res.source = Some(Endpoint { addr: m.src, port: 0 });
+                        Drop(DropReason::UdpHeaderInvalid)
+                    })?;
+                    m.sport = u.src_port();
+                    m.dport = u.dst_port();
+                    res.source = Some(Endpoint { addr: m.src, port: m.sport });
+                    if m.dport == esp::IKE_PORT {
+                        return Err(Punt(PuntReason::Ike));
+                    }
+                    if !self.is_natt_port(m.dport) {
+                        return Err(Punt(PuntReason::Host));
+                    }
+                    match esp::classify_natt(u.payload()) {
+                        NattKind::Keepalive => Err(InVerdict::Keepalive),
+                        NattKind::Ike => Err(Punt(PuntReason::Ike)),
+                        NattKind::Malformed => Err(Drop(DropReason::NattMalformed)),
+                        NattKind::Esp(spi) => {
+                            res.spi = Some(spi);
+                            m.spi = spi;
+                            m.encap = true;
+                            m.esp = l4 + udp::HEADER_LEN;
+                            m.end = l4 + u.len();
+                            Ok(())
+                        }
+                    }
+                }
+                proto::ESP => {
+                    if end - l4 < esp::HEADER_LEN {
+                        return Err(Drop(DropReason::EspSpiReserved));
+                    }
+                    let spi = be32(d, l4);
+                    if spi < 256 {
+                        return Err(Drop(DropReason::EspSpiReserved));
+                    }
+                    res.spi = Some(spi);
+                    m.spi = spi;
+                    m.encap = false;
+                    m.esp = l4;
+                    m.end = end;
+                    Ok(())
+                }
+                proto::AH => Err(Drop(DropReason::AhUnsupported)),
+                _ => Err(Punt(PuntReason::Host)),
+            };
+        }
+        Err(Drop(DropReason::FragInvalid))
+    }
+
+    /// Parse an outer IPv4 header. Returns (protocol, L4 offset, end), or `None` when a
+    /// fragment completed a datagram that now sits in the frame (parse again).
+    fn parse_v4<Buf>(
+        &mut self,
+        now: u64,
+        pkt: &mut PktBuf<Buf>,
+        m: &mut Meta,
+    ) -> Result<Option<(u8, usize, usize)>, InVerdict>
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        use InVerdict::{Drop, Punt};
+        let l3 = m.l3;
+        let ip = ipv4::Packet::new_checked(&pkt.data()[l3..]).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
+        if !ip.verify_checksum() {
+            return Err(Drop(DropReason::IpChecksumBad));
+        }
+        let r = ip.repr();
+        let (hl, total) = (r.header_len, r.total_len);
+        m.v6 = false;
+        m.src = IpAddr::V4(r.src);
+        m.dst = IpAddr::V4(r.dst);
+        m.tos = r.tos;
+        m.ttl = r.ttl;
+        m.ident = r.ident;
+        m.df = r.dont_frag;
+        if !r.is_fragment() {
+            return Ok(Some((r.protocol, l3 + hl, l3 + total)));
+        }
+        let p = r.protocol;
+        if p != proto::UDP && p != proto::ESP {
+            return Err(Punt(PuntReason::Host));
+        }
+        let (offset, more, ident) = (r.frag_offset, r.more_frags, u32::from(r.ident));
+        let f = Fragment {
+            ip: &pkt.data()[l3..l3 + total],
+            v6: false,
+            data_offset: hl,
+            unfrag_len: hl,
+            offset,
+            more,
+            ident,
+            proto: p,
+            v6_prev_nh: 0,
+        };
+        let outcome = self.reasm.add(now, &f);
+        self.reassembled(outcome, pkt, l3)
+    }
+
+    fn parse_v6<Buf>(
+        &mut self,
+        now: u64,
+        pkt: &mut PktBuf<Buf>,
+        m: &mut Meta,
+    ) -> Result<Option<(u8, usize, usize)>, InVerdict>
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        use InVerdict::{Drop, Punt};
+        let l3 = m.l3;
+        let d = pkt.data();
+        let ip = ipv6::Packet::new_checked(&d[l3..]).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
+        let total = ip.total_len();
+        m.v6 = true;
+        m.src = IpAddr::V6(ip.src());
+        m.dst = IpAddr::V6(ip.dst());
+        m.tos = ip.traffic_class();
+        m.ttl = ip.hop_limit();
+        m.flow = ip.flow_label();
+        let chain = ipv6::walk(&d[l3..l3 + total]).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
+        match chain.frag {
+            Some(f) if f.offset != 0 || f.more => {
+                if f.next_header != proto::UDP && f.next_header != proto::ESP {
+                    return Err(Punt(PuntReason::Host));
+                }
+                let frag = Fragment {
+                    ip: &d[l3..l3 + total],
+                    v6: true,
+                    data_offset: f.header_offset + ipv6::FRAG_HEADER_LEN,
+                    unfrag_len: f.header_offset,
+                    offset: f.offset,
+                    more: f.more,
+                    ident: f.ident,
+                    proto: f.next_header,
+                    v6_prev_nh: f.prev_next_header_offset,
+                };
+                let outcome = self.reasm.add(now, &frag);
+                self.reassembled(outcome, pkt, l3)
+            }
+            // Unfragmented, or an atomic fragment (RFC 6946) processed as such.
+            _ => Ok(Some((chain.upper_protocol, l3 + chain.upper_offset, l3 + total))),
+        }
+    }
+
+    /// Act on what the reassembly table did with a fragment: on completion, write the
+    /// datagram over the fragment's IP packet and ask for another parse.
+    fn reassembled<Buf>(
+        &mut self,
+        outcome: FragOutcome,
+        pkt: &mut PktBuf<Buf>,
+        l3: usize,
+    ) -> Result<Option<(u8, usize, usize)>, InVerdict>
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        match outcome {
+            FragOutcome::Held => Err(InVerdict::Held),
+            FragOutcome::Drop { reason, also } => {
+                self.counters.drops[reason as usize] += u64::from(also);
+                Err(InVerdict::Drop(reason))
+            }
+            FragOutcome::Complete(id) => {
+                let start = pkt.head() + l3;
+                match self.reasm.emit(id, &mut pkt.raw_mut()[start..]) {
+                    Ok((len, frags)) => {
+                        self.counters.reassembled += 1;
+                        self.counters.frag_absorbed += u64::from(frags - 1);
+                        pkt.set_range(pkt.head(), l3 + len);
+                        Ok(None)
+                    }
+                    Err((reason, frags)) => {
+                        self.counters.drops[reason as usize] += u64::from(frags - 1);
+                        Err(InVerdict::Drop(reason))
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- stage 3 ----
+
+    fn precheck(&mut self, d: &[u8], m: &mut Meta) -> Result<(), DropReason> {
+        let sa = &self.sas.get(m.slot).ok_or(DropReason::NoSa)?.rt;
+        if sa.expired {
+            return Err(DropReason::SaExpired);
+        }
+        if m.dst != sa.local {
+            return Err(DropReason::WrongDestination);
+        }
+        match (sa.encap, m.encap) {
+            (Some(e), true) if e.local_port != m.dport => return Err(DropReason::WrongDestination),
+            (Some(_), true) | (None, false) => {}
+            _ => return Err(DropReason::EncapMismatch),
+        }
+        let len = m.end - m.esp;
+        if len < esp::MIN_LEN {
+            return Err(DropReason::EspTooShort);
+        }
+        if (len - PREFIX_LEN - ICV_LEN) % 4 != 0 {
+            return Err(DropReason::EspMisaligned);
+        }
+        let seq = sa.replay.full_seq(be32(d, m.esp + 4)).ok_or(DropReason::ReplayStale)?;
+        sa.replay.check(seq).map_err(|e| match e {
+            ReplayError::Duplicate => DropReason::ReplayDuplicate,
+            ReplayError::Stale => DropReason::ReplayStale,
+        })?;
+        m.seq = seq;
+        Ok(())
+    }
+
+    // ---- stage 3 ----
+
+    /// Verify and decrypt; false if the ICV does not verify.
+    fn open<Buf>(&self, pkt: &mut PktBuf<Buf>, m: &Meta) -> bool
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        let Some(e) = self.sas.get(m.slot) else { return false };
+        let sa = &e.rt;
+        let h = pkt.head();
+        let raw = pkt.raw_mut();
+        let (esp, end) = (h + m.esp, h + m.end);
+        let mut iv = [0u8; 8];
+        iv.copy_from_slice(&raw[esp + 8..esp + 16]);
+        let mut icv = [0u8; ICV_LEN];
+        icv.copy_from_slice(&raw[end - ICV_LEN..end]);
+        let n = nonce(&sa.salt, &iv);
+        let seq_hi = ((m.seq >> 32) as u32).to_be_bytes();
+        let ok = if !sa.gmac {
+            let mut aad = [0u8; 12];
+            aad[..4].copy_from_slice(&m.spi.to_be_bytes());
+            let alen = if sa.esn {
+                aad[4..8].copy_from_slice(&seq_hi);
+                aad[8..12].copy_from_slice(&(m.seq as u32).to_be_bytes());
+                12
+            } else {
+                aad[4..8].copy_from_slice(&(m.seq as u32).to_be_bytes());
+                8
+            };
+            sa.key.open(&n, &aad[..alen], &mut raw[esp + PREFIX_LEN..end - ICV_LEN], &icv)
+        } else if sa.esn {
+            // GMAC authenticates SPI || seq_hi || seq_lo || IV || payload as one AAD:
+            // lay it out in place over the 4 bytes before ESP (already parsed).
+            raw[esp - 4..esp].copy_from_slice(&m.spi.to_be_bytes());
+            raw[esp..esp + 4].copy_from_slice(&seq_hi);
+            sa.key.open(&n, &raw[esp - 4..end - ICV_LEN], &mut [], &icv)
+        } else {
+            sa.key.open(&n, &raw[esp..end - ICV_LEN], &mut [], &icv)
+        };
+        ok.is_ok()
+    }
+
+    // ---- stage 4 ----
+
+    fn finish<Buf, E>(&mut self, pkt: &mut PktBuf<Buf>, m: &Meta, events: &mut E) -> InVerdict
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        E: EventSink,
+    {
+        let Engine { sas, counters, .. } = self;
+        let Some(e) = sas.get_mut(m.slot) else { return InVerdict::Drop(DropReason::NoSa) };
+        let sa = &mut e.rt;
+        let advanced = sa.replay.accept(m.seq);
+
+        // The peer's NAT mapping, from authenticated packets that advance the window
+        // (an old reordered packet must not move it back).
+        let seen = Endpoint { addr: m.src, port: if m.encap { m.sport } else { 0 } };
+        let mut moved = None;
+        if advanced && seen != sa.endpoint {
+            let old = sa.endpoint;
+            sa.endpoint = seen;
+            sa.stats.nat_changes += 1;
+            moved = Some((old, if sa.nat_update { sa.paired_spi } else { None }));
+        }
+        let spi = sa.spi;
+        let verdict = match unwrap_inner(sa, pkt, m) {
+            Ok((verdict, bytes)) => {
+                account(sa, bytes as u64, events);
+                counters.decap_packets += 1;
+                counters.decap_bytes += bytes as u64;
+                verdict
+            }
+            Err(r) => InVerdict::Drop(r),
+        };
+        if let Some((old, pair)) = moved {
+            counters.nat_changes += 1;
+            let updated = pair.and_then(|p| follow_nat(sas, p, seen));
+            events.push(Event {
+                spi,
+                direction: Direction::Inbound,
+                kind: EventKind::NatMappingChanged { old, new: seen, updated },
+            });
+        }
+        verdict
+    }
+}
+
+/// Point the outbound SA `spi` at the peer's new NAT endpoint. Returns its SPI.
+fn follow_nat<K: AeadKey>(sas: &mut crate::sa::SaTable<K>, spi: u32, to: Endpoint) -> Option<u32> {
+    let slot = sas.outbound_slot(spi)?;
+    let out = &mut sas.get_mut(slot)?.rt;
+    if out.endpoint.addr.is_ipv4() != to.addr.is_ipv4() {
+        return None;
+    }
+    out.endpoint = Endpoint { addr: to.addr, port: if out.encap.is_some() { to.port } else { 0 } };
+    Some(spi)
+}
+
+/// Check the trailer and the inner packet and rewrite the frame around it. Returns the
+/// verdict and the inner length.
+fn unwrap_inner<K, Buf>(sa: &SaRuntime<K>, pkt: &mut PktBuf<Buf>, m: &Meta) -> Result<(InVerdict, usize), DropReason>
+where
+    Buf: AsRef<[u8]> + AsMut<[u8]>,
+{
+    let h = pkt.head();
+    let raw = pkt.raw_mut();
+    let pstart = h + m.esp + PREFIX_LEN;
+    let t = esp::parse_trailer(&raw[pstart..h + m.end - ICV_LEN]).map_err(|_| DropReason::BadPadding)?;
+    if t.next_header == proto::NO_NEXT {
+        return Err(DropReason::DummyPacket);
+    }
+    let plen = t.payload_len;
+    match sa.mode {
+        Mode::Tunnel => {
+            let inner = &mut raw[pstart..pstart + plen];
+            let (src, dst, len, ecn, et) = match t.next_header {
+                proto::IPV4 => {
+                    let ip = ipv4::Packet::new_checked(&inner[..]).map_err(|_| DropReason::InnerMalformed)?;
+                    if !ip.verify_checksum() {
+                        return Err(DropReason::InnerMalformed);
+                    }
+                    let r = ip.repr();
+                    (IpAddr::V4(r.src), IpAddr::V4(r.dst), r.total_len, r.tos & 3, ethertype::IPV4)
+                }
+                proto::IPV6 => {
+                    let ip = ipv6::Packet::new_checked(&inner[..]).map_err(|_| DropReason::InnerMalformed)?;
+                    (
+                        IpAddr::V6(ip.src()),
+                        IpAddr::V6(ip.dst()),
+                        ip.total_len(),
+                        ip.traffic_class() & 3,
+                        ethertype::IPV6,
+                    )
+                }
+                _ => return Err(DropReason::NextHeaderUnsupported),
+            };
+            if !sa.sel_peer.contains(&src) || !sa.sel_local.contains(&dst) {
+                return Err(DropReason::SelectorMismatch);
+            }
+            // RFC 6040 §4.2 decapsulation: CE propagates, CE over Not-ECT drops,
+            // outer ECT(1) over inner ECT(0) propagates.
+            let outer = m.tos & 3;
+            let new_ecn = match (outer, ecn) {
+                (3, 0) => return Err(DropReason::EcnCeNotEct),
+                (3, _) => 3,
+                (1, 2) => 1,
+                _ => ecn,
+            };
+            if new_ecn != ecn {
+                if et == ethertype::IPV4 {
+                    ipv4::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
+                } else {
+                    ipv6::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
+                }
+            }
+            let l2 = pstart - ethernet::HEADER_LEN;
+            write_l2(raw, h, l2, et);
+            pkt.set_range(l2, ethernet::HEADER_LEN + len);
+            Ok((InVerdict::Tunnel, len))
+        }
+        Mode::Transport => {
+            let hl = if m.v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN };
+            let ip_at = pstart - hl;
+            let l2 = ip_at - ethernet::HEADER_LEN;
+            write_l2(raw, h, l2, if m.v6 { ethertype::IPV6 } else { ethertype::IPV4 });
+            let ip = &mut raw[ip_at..pstart + plen];
+            match (m.src, m.dst) {
+                (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                    ipv4::Packet::new_unchecked(&mut ip[..]).emit_basic(&ipv4::Repr {
+                        src,
+                        dst,
+                        protocol: t.next_header,
+                        tos: m.tos,
+                        ttl: m.ttl,
+                        ident: m.ident,
+                        dont_frag: m.df,
+                        total_len: (hl + plen) as u16,
+                    });
+                }
+                (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                    ipv6::Packet::new_unchecked(&mut ip[..]).emit(&ipv6::Repr {
+                        src,
+                        dst,
+                        next_header: t.next_header,
+                        traffic_class: m.tos,
+                        flow_label: m.flow,
+                        hop_limit: m.ttl,
+                        payload_len: plen as u16,
+                    });
+                }
+                _ => return Err(DropReason::InnerMalformed),
+            }
+            // RFC 3948 §3.1.2: the sender's checksum covers the addresses it used,
+            // which a NAT changed; recompute it over the addresses we deliver.
+            if m.encap {
+                fix_l4_checksum(ip, m.src, m.dst, t.next_header).map_err(|_| DropReason::InnerMalformed)?;
+            }
+            pkt.set_range(l2, ethernet::HEADER_LEN + hl + plen);
+            Ok((InVerdict::Transport, hl + plen))
+        }
+    }
+}
+
+/// Write an untagged Ethernet header at `at`, keeping the MAC addresses of the frame
+/// that started at `from`.
+#[inline]
+fn write_l2(raw: &mut [u8], from: usize, at: usize, et: u16) {
+    let mut h = [0u8; 14];
+    h[..12].copy_from_slice(&raw[from..from + 12]);
+    h[12..].copy_from_slice(&et.to_be_bytes());
+    raw[at..at + 14].copy_from_slice(&h);
+}
+
+/// Recompute the TCP, UDP or ICMPv6 checksum of the packet `ip` (fresh header of 20 or
+/// 40 bytes, then the segment). IPv4 UDP with a zero checksum keeps zero (RFC 768).
+pub(crate) fn fix_l4_checksum(ip: &mut [u8], src: IpAddr, dst: IpAddr, proto_: u8) -> Result<(), WireError> {
+    let hl = if src.is_ipv4() { ipv4::HEADER_LEN } else { ipv6::HEADER_LEN };
+    let seg = &mut ip[hl..];
+    let at = match proto_ {
+        proto::TCP if seg.len() >= udp::TCP_HEADER_LEN => udp::TCP_CHECKSUM_OFFSET,
+        proto::UDP if seg.len() >= udp::HEADER_LEN => {
+            if usize::from(u16::from_be_bytes([seg[4], seg[5]])) != seg.len() {
+                return Err(WireError::Malformed);
+            }
+            if src.is_ipv4() && seg[6] == 0 && seg[7] == 0 {
+                return Ok(());
+            }
+            udp::CHECKSUM_OFFSET
+        }
+        proto::ICMPV6 if !src.is_ipv4() && seg.len() >= 4 => 2,
+        proto::TCP | proto::UDP | proto::ICMPV6 => return Err(WireError::Truncated),
+        _ => return Ok(()),
+    };
+    seg[at] = 0;
+    seg[at + 1] = 0;
+    let pseudo = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_v4(s, d, proto_, seg.len() as u16),
+        (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_v6(&s, &d, proto_, seg.len() as u32),
+        _ => return Err(WireError::Malformed),
+    };
+    let mut c = checksum::l4_checksum(pseudo, seg);
+    if proto_ == proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}

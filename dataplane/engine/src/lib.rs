@@ -1,0 +1,37 @@
+//! natt-engine: the protocol core of the NAT-T IPsec headend.
+//!
+//! ESP in UDP (RFC 3948), AES-GCM (RFC 4106), ChaCha20-Poly1305 (RFC 7634) and GMAC
+//! (RFC 4543) ESP (RFC 4303) with anti-replay and ESN, over bursts of packet buffers,
+//! in place. No I/O, no DPDK, no unsafe code: the dataplane and the offline tool drive
+//! it, and tests drive it directly.
+//!
+//! - `wire`: zero-copy header views.
+//! - `sa`: SA configuration, validation, runtime state and lookup tables.
+//! - `replay`, `reassembly`, `crypto`: the pieces a packet passes through.
+//! - `inbound`, `outbound`: the staged burst pipelines on [`Engine`].
+//! - `reason`: the one list of drop and punt reasons; `counters`, `event`: what the
+//!   engine reports.
+
+#![forbid(unsafe_code)]
+
+pub mod buf;
+pub mod counters;
+pub mod crypto;
+pub mod engine;
+pub mod event;
+pub mod inbound;
+pub mod outbound;
+pub mod reason;
+pub mod reassembly;
+pub mod replay;
+pub mod sa;
+pub mod wire;
+
+pub use buf::PktBuf;
+pub use counters::Counters;
+pub use engine::{Engine, EngineConfig, MAX_BURST};
+pub use event::{Event, EventKind, EventSink};
+pub use inbound::{InResult, InVerdict};
+pub use outbound::{OutResult, OutVerdict};
+pub use reason::{DropReason, PuntReason};
+pub use sa::{Direction, SaParams};

@@ -1,0 +1,476 @@
+//! Encapsulation. A burst of frames from the protected side goes through stages over
+//! the whole burst: parse the inner IP header, select the outbound SA by destination
+//! (longest prefix) and check everything that can fail (selectors, TTL, room, MTU)
+//! before taking a sequence number, lay out the ESP header and trailer, seal in place,
+//! then write the outer UDP/IP/Ethernet headers in the headroom.
+
+use crate::buf::PktBuf;
+use crate::crypto::{AeadKey, Backend, nonce};
+use crate::engine::{Engine, MAX_BURST, account, expire};
+use crate::event::{Event, EventKind, EventSink, ExpiryCause};
+use crate::reason::{DropReason, PuntReason};
+use crate::sa::{DfPolicy, Endpoint, Mode};
+use crate::wire::esp::{self, ICV_LEN, PREFIX_LEN, TRAILER_LEN};
+use crate::wire::ethernet::{self, ethertype};
+use crate::wire::{WireError, checksum, ipv4, ipv6, proto, udp};
+use core::net::{IpAddr, Ipv4Addr};
+
+/// What became of an outbound frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutVerdict {
+    /// The frame is now ESP (in UDP unless the SA has no encapsulation), for the
+    /// public side.
+    Encapsulated,
+    /// Not IP: for the host stack, unchanged.
+    Punt(PuntReason),
+    Drop(DropReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutResult {
+    pub verdict: OutVerdict,
+    /// The outbound SA, once selected.
+    pub spi: Option<u32>,
+    /// Where the packet goes: the peer's current NAT endpoint.
+    pub dest: Option<Endpoint>,
+    /// The sequence number it carries.
+    pub seq: u64,
+}
+
+impl Default for OutResult {
+    fn default() -> Self {
+        OutResult { verdict: OutVerdict::Drop(DropReason::FrameTruncated), spi: None, dest: None, seq: 0 }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Meta {
+    live: bool,
+    slot: u32,
+    l3: usize,
+    /// Inner IP datagram length and header length.
+    ip_len: usize,
+    hl: usize,
+    v6: bool,
+    tos: u8,
+    /// Inner TTL or hop limit.
+    ttl: u8,
+    df: bool,
+    /// Start and length of what ESP carries (the inner packet, or the transport payload).
+    pstart: usize,
+    plen: usize,
+    pad: usize,
+    next_header: u8,
+    /// Offsets of the new Ethernet, IP and ESP headers; relative to the frame start,
+    /// so they can be negative (into the headroom).
+    l2_at: isize,
+    ip_at: isize,
+    esp_at: isize,
+    outer_v6: bool,
+    seq: u64,
+    /// Inner addresses.
+    src: IpAddr,
+    dst: IpAddr,
+}
+
+pub(crate) const EMPTY: Meta = Meta {
+    live: false,
+    slot: u32::MAX,
+    l3: 0,
+    ip_len: 0,
+    hl: 0,
+    v6: false,
+    tos: 0,
+    ttl: 0,
+    df: false,
+    pstart: 0,
+    plen: 0,
+    pad: 0,
+    next_header: 0,
+    l2_at: 0,
+    ip_at: 0,
+    esp_at: 0,
+    outer_v6: false,
+    seq: 0,
+    src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+};
+
+const NO_SLOT: u32 = u32::MAX;
+
+impl<B: Backend> Engine<B> {
+    /// Encapsulate a burst in place. `results[i]` receives the verdict for `pkts[i]`.
+    pub fn encap_burst<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], results: &mut [OutResult], events: &mut E)
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        E: EventSink,
+    {
+        let n = pkts.len().min(results.len());
+        let mut start = 0;
+        while start < n {
+            let end = (start + MAX_BURST).min(n);
+            self.encap_chunk(&mut pkts[start..end], &mut results[start..end], events);
+            start = end;
+        }
+    }
+
+    fn encap_chunk<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], results: &mut [OutResult], events: &mut E)
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        E: EventSink,
+    {
+        let mut scratch = self.out_meta.take().unwrap_or_else(|| Box::new([EMPTY; MAX_BURST]));
+        let n = pkts.len().min(MAX_BURST);
+        let meta = &mut scratch[..n];
+
+        // Stage 1: parse the inner IP header.
+        for ((pkt, m), res) in pkts.iter().zip(meta.iter_mut()).zip(results.iter_mut()) {
+            self.counters.out_packets += 1;
+            self.counters.out_bytes += pkt.len() as u64;
+            *res = OutResult::default();
+            m.live = false;
+            m.slot = NO_SLOT;
+            match self.classify(pkt.data(), m) {
+                Ok(()) => m.live = true,
+                Err(v) => self.settle_out(res, m, v),
+            }
+        }
+
+        // Stage 2: select the SA by destination, in a tight loop so the lookups of a
+        // burst overlap; check the source against its selectors.
+        for m in meta.iter_mut().filter(|m| m.live) {
+            m.slot = self.sas.select_outbound(&m.dst).unwrap_or(NO_SLOT);
+        }
+        for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
+            if m.live {
+                if let Err(r) = self.select(m, res) {
+                    m.live = false;
+                    self.settle_out(res, m, OutVerdict::Drop(r));
+                }
+            }
+        }
+
+        // Stage 3: every check that can fail, then the sequence number.
+        for ((pkt, m), res) in pkts.iter().zip(meta.iter_mut()).zip(results.iter_mut()) {
+            if m.live {
+                let (head, room) = (pkt.headroom(), pkt.tailroom() + pkt.len());
+                if let Err(r) = self.plan(head, room, m, res, events) {
+                    m.live = false;
+                    self.settle_out(res, m, OutVerdict::Drop(r));
+                }
+            }
+        }
+
+        // Stage 4: ESP header, trailer, inner TTL; seal in place.
+        for (pkt, m) in pkts.iter_mut().zip(meta.iter()) {
+            if m.live {
+                self.seal(pkt, m);
+            }
+        }
+
+        // Stage 5: outer headers.
+        for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter()).zip(results.iter_mut()) {
+            if m.live {
+                self.write_outer(pkt, m);
+                self.settle_out(res, m, OutVerdict::Encapsulated);
+            }
+        }
+        self.out_meta = Some(scratch);
+    }
+
+    fn settle_out(&mut self, res: &mut OutResult, m: &Meta, v: OutVerdict) {
+        res.verdict = v;
+        match v {
+            OutVerdict::Drop(r) => {
+                self.counters.drop(r);
+                if m.slot != NO_SLOT {
+                    if let Some(e) = self.sas.get_mut(m.slot) {
+                        e.rt.count_drop(r);
+                    }
+                }
+            }
+            OutVerdict::Punt(p) => self.counters.punts[p as usize] += 1,
+            OutVerdict::Encapsulated => {}
+        }
+    }
+
+    // ---- stage 1 ----
+
+    fn classify(&self, d: &[u8], m: &mut Meta) -> Result<(), OutVerdict> {
+        use OutVerdict::{Drop, Punt};
+        let l2 = ethernet::Frame::new_checked(d).and_then(|f| f.info()).map_err(|e| {
+            Drop(if e == WireError::Malformed { DropReason::StackedVlan } else { DropReason::FrameTruncated })
+        })?;
+        m.l3 = usize::from(l2.l3_offset);
+        let ip = &d[m.l3..];
+        let (src, dst) = match l2.ethertype {
+            ethertype::IPV4 => {
+                let p = ipv4::Packet::new_checked(ip).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
+                if !p.verify_checksum() {
+                    return Err(Drop(DropReason::IpChecksumBad));
+                }
+                let r = p.repr();
+                m.v6 = false;
+                m.ip_len = r.total_len;
+                m.hl = r.header_len;
+                m.tos = r.tos;
+                m.ttl = r.ttl;
+                m.df = r.dont_frag;
+                m.next_header = r.protocol;
+                (IpAddr::V4(r.src), IpAddr::V4(r.dst))
+            }
+            ethertype::IPV6 => {
+                let p = ipv6::Packet::new_checked(ip).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
+                m.v6 = true;
+                m.ip_len = p.total_len();
+                m.hl = ipv6::HEADER_LEN;
+                m.tos = p.traffic_class();
+                m.ttl = p.hop_limit();
+                m.df = true;
+                m.next_header = p.next_header();
+                (IpAddr::V6(p.src()), IpAddr::V6(p.dst()))
+            }
+            _ => return Err(Punt(PuntReason::Host)),
+        };
+        m.src = src;
+        m.dst = dst;
+        Ok(())
+    }
+
+    // ---- stage 2 ----
+
+    fn select(&self, m: &mut Meta, res: &mut OutResult) -> Result<(), DropReason> {
+        let e = self.sas.get(m.slot).ok_or(DropReason::NoOutboundSa)?;
+        res.spi = Some(e.rt.spi);
+        if e.rt.mode == Mode::Tunnel && !e.rt.sel_local.contains(&m.src) {
+            return Err(DropReason::SelectorMismatch);
+        }
+        Ok(())
+    }
+
+    // ---- stage 3 ----
+
+    /// Lay out the packet for its SA and take a sequence number. `head` is the
+    /// headroom, `room` the frame length plus tailroom.
+    fn plan<E: EventSink>(
+        &mut self,
+        head: usize,
+        room: usize,
+        m: &mut Meta,
+        res: &mut OutResult,
+        events: &mut E,
+    ) -> Result<(), DropReason> {
+        let mtu = self.cfg.mtu;
+        let e = self.sas.get_mut(m.slot).ok_or(DropReason::NoOutboundSa)?;
+        let sa = &mut e.rt;
+        if sa.expired {
+            return Err(DropReason::SaExpired);
+        }
+        let tunnel = sa.mode == Mode::Tunnel;
+        if tunnel {
+            // Tunnel mode forwards: the inner TTL must survive its decrement.
+            if m.ttl <= 1 {
+                return Err(DropReason::TtlExceeded);
+            }
+            m.pstart = m.l3;
+            m.plen = m.ip_len;
+            m.next_header = if m.v6 { proto::IPV6 } else { proto::IPV4 };
+            m.outer_v6 = sa.local.is_ipv6();
+        } else {
+            if m.v6 && matches!(m.next_header, proto::HOPOPT | proto::IPV6_ROUTE | proto::IPV6_FRAG | proto::IPV6_OPTS)
+            {
+                return Err(DropReason::TransportExtHeaders);
+            }
+            m.pstart = m.l3 + m.hl;
+            m.plen = m.ip_len - m.hl;
+            m.outer_v6 = m.v6;
+        }
+        m.pad = esp::pad_len_for(m.plen);
+        let udp_len = if sa.encap.is_some() { udp::HEADER_LEN } else { 0 };
+        let outer_hl = if tunnel { if m.outer_v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN } } else { m.hl };
+        m.esp_at = m.pstart as isize - PREFIX_LEN as isize;
+        m.ip_at = m.esp_at - (udp_len + outer_hl) as isize;
+        m.l2_at = m.ip_at - ethernet::HEADER_LEN as isize;
+        if (head as isize) + m.l2_at < 0 {
+            return Err(DropReason::NoHeadroom);
+        }
+        let end = m.pstart + m.plen + m.pad + TRAILER_LEN + ICV_LEN;
+        if end > room {
+            return Err(DropReason::NoTailroom);
+        }
+        if (end as isize - m.ip_at) as usize > mtu {
+            return Err(DropReason::MtuExceeded);
+        }
+        if sa.seq >= sa.seq_max {
+            // Never wrap: the next number would repeat an IV under this key.
+            events.push(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SeqExhausted });
+            expire(sa, ExpiryCause::SeqExhausted, events);
+            return Err(DropReason::SeqExhausted);
+        }
+        sa.seq += 1;
+        m.seq = sa.seq;
+        res.seq = sa.seq;
+        res.dest = Some(sa.endpoint);
+        let bytes = m.plen as u64;
+        account(sa, bytes, events);
+        self.counters.encap_packets += 1;
+        self.counters.encap_bytes += bytes;
+        Ok(())
+    }
+
+    // ---- stage 4 ----
+
+    fn seal<Buf>(&self, pkt: &mut PktBuf<Buf>, m: &Meta)
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        let Some(e) = self.sas.get(m.slot) else { return };
+        let sa = &e.rt;
+        let h = pkt.head();
+        let raw = pkt.raw_mut();
+        let at = |off: isize| (h as isize + off) as usize;
+        // Keep the MAC addresses before anything overwrites them.
+        let mut macs = [0u8; 12];
+        macs.copy_from_slice(&raw[h..h + 12]);
+        let l2 = at(m.l2_at);
+        raw[l2..l2 + 12].copy_from_slice(&macs);
+        match sa.mode {
+            Mode::Tunnel => {
+                let inner = &mut raw[h + m.l3..h + m.l3 + m.ip_len];
+                if m.v6 {
+                    let mut p = ipv6::Packet::new_unchecked(inner);
+                    let hop = p.hop_limit();
+                    p.set_hop_limit(hop - 1);
+                } else {
+                    ipv4::Packet::new_unchecked(inner).decrement_ttl();
+                }
+            }
+            Mode::Transport => {
+                // The packet's own IP header moves to the front; ESP goes after it.
+                raw.copy_within(h + m.l3..h + m.l3 + m.hl, at(m.ip_at));
+            }
+        }
+        let pend = h + m.pstart + m.plen;
+        esp::write_trailer(&mut raw[pend..pend + m.pad + TRAILER_LEN], m.pad, m.next_header);
+        let cend = pend + m.pad + TRAILER_LEN;
+        let esp_at = at(m.esp_at);
+        let iv = m.seq.to_be_bytes();
+        let seq_lo = (m.seq as u32).to_be_bytes();
+        let seq_hi = ((m.seq >> 32) as u32).to_be_bytes();
+        let spi = sa.spi.to_be_bytes();
+        let n = nonce(&sa.salt, &iv);
+        raw[esp_at + 4..esp_at + 8].copy_from_slice(&seq_lo);
+        raw[esp_at + 8..esp_at + 16].copy_from_slice(&iv);
+        let icv = if !sa.gmac {
+            raw[esp_at..esp_at + 4].copy_from_slice(&spi);
+            let mut aad = [0u8; 12];
+            aad[..4].copy_from_slice(&spi);
+            let alen = if sa.esn {
+                aad[4..8].copy_from_slice(&seq_hi);
+                aad[8..12].copy_from_slice(&seq_lo);
+                12
+            } else {
+                aad[4..8].copy_from_slice(&seq_lo);
+                8
+            };
+            sa.key.seal(&n, &aad[..alen], &mut raw[esp_at + PREFIX_LEN..cend])
+        } else if sa.esn {
+            // SPI || seq_hi || seq_lo || IV || payload as one AAD, laid out in place over
+            // the 4 bytes before ESP (the outer headers are written afterwards).
+            raw[esp_at - 4..esp_at].copy_from_slice(&spi);
+            raw[esp_at..esp_at + 4].copy_from_slice(&seq_hi);
+            let icv = sa.key.seal(&n, &raw[esp_at - 4..cend], &mut []);
+            raw[esp_at..esp_at + 4].copy_from_slice(&spi);
+            icv
+        } else {
+            raw[esp_at..esp_at + 4].copy_from_slice(&spi);
+            sa.key.seal(&n, &raw[esp_at..cend], &mut [])
+        };
+        raw[cend..cend + ICV_LEN].copy_from_slice(&icv);
+    }
+
+    // ---- stage 5 ----
+
+    fn write_outer<Buf>(&mut self, pkt: &mut PktBuf<Buf>, m: &Meta)
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        let ident = self.next_ident();
+        let Some(e) = self.sas.get(m.slot) else { return };
+        let sa = &e.rt;
+        let h = pkt.head();
+        let at = |off: isize| (h as isize + off) as usize;
+        let (l2, ip, esp_at) = (at(m.l2_at), at(m.ip_at), at(m.esp_at));
+        let end = h + m.pstart + m.plen + m.pad + TRAILER_LEN + ICV_LEN;
+        let raw = pkt.raw_mut();
+        let ip_proto = if sa.encap.is_some() { proto::UDP } else { proto::ESP };
+        let peer = sa.endpoint.addr;
+        if let Some(enc) = sa.encap {
+            let u = esp_at - udp::HEADER_LEN;
+            udp::Packet::new_unchecked(&mut raw[u..end]).emit(enc.local_port, sa.endpoint.port, (end - u) as u16);
+        }
+        match (sa.mode, sa.local, peer) {
+            (Mode::Tunnel, IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let mut p = ipv4::Packet::new_unchecked(&mut raw[ip..end]);
+                p.emit_basic(&ipv4::Repr {
+                    src,
+                    dst,
+                    protocol: ip_proto,
+                    tos: m.tos,
+                    ttl: sa.ttl,
+                    ident,
+                    dont_frag: match sa.df {
+                        DfPolicy::Copy => m.df,
+                        DfPolicy::Set => true,
+                        DfPolicy::Clear => false,
+                    },
+                    total_len: (end - ip) as u16,
+                });
+            }
+            (Mode::Tunnel, IpAddr::V6(src), IpAddr::V6(dst)) => {
+                ipv6::Packet::new_unchecked(&mut raw[ip..end]).emit(&ipv6::Repr {
+                    src,
+                    dst,
+                    next_header: ip_proto,
+                    traffic_class: m.tos,
+                    // RFC 6438: a flow label per SA lets ECMP spread tunnels.
+                    flow_label: sa.spi.wrapping_mul(0x9e37_79b1) >> 12,
+                    hop_limit: sa.ttl,
+                    payload_len: (end - ip - ipv6::HEADER_LEN) as u16,
+                });
+            }
+            (Mode::Transport, IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let mut p = ipv4::Packet::new_unchecked(&mut raw[ip..end]);
+                p.set_src(src);
+                p.set_dst(dst);
+                p.set_protocol(ip_proto);
+                p.set_total_len((end - ip) as u16);
+                p.fill_checksum();
+            }
+            (Mode::Transport, IpAddr::V6(src), IpAddr::V6(dst)) => {
+                let mut p = ipv6::Packet::new_unchecked(&mut raw[ip..end]);
+                p.set_src(&src);
+                p.set_dst(&dst);
+                p.set_next_header(ip_proto);
+                p.set_payload_len((end - ip - ipv6::HEADER_LEN) as u16);
+            }
+            // Configuration validation keeps local and peer in one family.
+            _ => {}
+        }
+        if sa.encap.is_some() {
+            if let (IpAddr::V6(s), IpAddr::V6(d)) = (sa.local, peer) {
+                // IPv6 forbids a zero UDP checksum (RFC 8200 §8.1).
+                let u = esp_at - udp::HEADER_LEN;
+                let seg = &mut raw[u..end];
+                let mut c = checksum::l4_checksum(checksum::pseudo_v6(&s, &d, proto::UDP, seg.len() as u32), seg);
+                if c == 0 {
+                    c = 0xffff;
+                }
+                udp::Packet::new_unchecked(seg).set_checksum(c);
+            }
+        }
+        let et = if m.outer_v6 { ethertype::IPV6 } else { ethertype::IPV4 };
+        raw[l2 + 12..l2 + 14].copy_from_slice(&et.to_be_bytes());
+        pkt.set_range(l2, end - l2);
+    }
+}

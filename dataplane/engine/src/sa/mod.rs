@@ -1,0 +1,13 @@
+//! Security associations: configuration (`params`, `config`), selectors (`prefix`),
+//! per-SA runtime state (`runtime`) and the table that finds them (`table`).
+
+pub mod config;
+pub mod params;
+pub mod prefix;
+pub mod runtime;
+pub mod table;
+
+pub use params::{Algorithm, DfPolicy, Direction, Encap, Key, Lifetime, Mode, SaParams, Selectors};
+pub use prefix::IpPrefix;
+pub use runtime::{Endpoint, SaRuntime, SaStats};
+pub use table::{SaEntry, SaTable, TableError};

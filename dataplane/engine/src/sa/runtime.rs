@@ -1,0 +1,133 @@
+//! What the engine keeps per SA while packets flow: the expanded key, the replay window
+//! or sequence counter, the peer's current NAT endpoint, lifetime counters and stats.
+//! Owned by exactly one worker; no field is shared.
+
+use super::params::{DfPolicy, Direction, Encap, Lifetime, Mode, SaParams};
+use super::prefix::SelectorSet;
+use crate::crypto::{AeadKey, Backend, KeyError};
+use crate::reason::DropReason;
+use crate::replay::ReplayWindow;
+use core::fmt;
+use core::net::IpAddr;
+
+/// An outer address and UDP port (0 for plain ESP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// Monotonic per-SA counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaStats {
+    /// Packets and inner bytes that passed (decapsulated or encapsulated).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Drops after this SA was identified, indexed by `DropReason::sa_index`.
+    pub drops: [u64; DropReason::SA_COUNT],
+    pub nat_changes: u64,
+}
+
+impl Default for SaStats {
+    fn default() -> Self {
+        SaStats { packets: 0, bytes: 0, drops: [0; DropReason::SA_COUNT], nat_changes: 0 }
+    }
+}
+
+impl SaStats {
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        r.sa_index().map_or(0, |i| self.drops[i])
+    }
+}
+
+/// Hot per-SA state. Fields read on every packet come first.
+#[repr(align(64))]
+pub struct SaRuntime<K> {
+    pub spi: u32,
+    pub salt: [u8; 4],
+    pub direction: Direction,
+    pub mode: Mode,
+    pub gmac: bool,
+    pub esn: bool,
+    pub expired: bool,
+    pub soft_fired: bool,
+    pub nat_update: bool,
+    pub ttl: u8,
+    pub df: DfPolicy,
+    pub encap: Option<Encap>,
+    pub local: IpAddr,
+    /// Where the peer is now: configured, then moved by authenticated NAT changes.
+    pub endpoint: Endpoint,
+    /// Outbound: last sequence number used.
+    pub seq: u64,
+    pub seq_max: u64,
+    /// Inbound: anti-replay window and ESN state.
+    pub replay: ReplayWindow,
+    pub lifetime: Lifetime,
+    pub paired_spi: Option<u32>,
+    /// Tunnel-mode traffic selectors, ready for per-packet checks.
+    pub sel_local: SelectorSet,
+    pub sel_peer: SelectorSet,
+    pub stats: SaStats,
+    pub key: K,
+}
+
+impl<K: AeadKey> SaRuntime<K> {
+    pub fn new<B: Backend<Key = K>>(p: &SaParams) -> Result<Self, KeyError> {
+        let key = B::key(p.algorithm, p.key.expose())?;
+        Ok(SaRuntime {
+            spi: p.spi,
+            salt: p.salt,
+            direction: p.direction,
+            mode: p.mode,
+            gmac: p.algorithm.is_gmac(),
+            esn: p.esn,
+            expired: false,
+            soft_fired: false,
+            nat_update: p.nat_update,
+            ttl: p.ttl,
+            df: p.df,
+            encap: p.encap,
+            local: p.local,
+            endpoint: Endpoint { addr: p.peer, port: p.encap.map_or(0, |e| e.peer_port) },
+            seq: p.last_seq,
+            seq_max: p.seq_max(),
+            replay: ReplayWindow::new(p.replay_window, p.esn, p.last_seq),
+            lifetime: p.lifetime,
+            paired_spi: p.paired_spi,
+            sel_local: SelectorSet::new(&p.selectors.local),
+            sel_peer: SelectorSet::new(&p.selectors.peer),
+            stats: SaStats::default(),
+            key,
+        })
+    }
+
+    /// Count a drop attributed to this SA.
+    #[inline]
+    pub fn count_drop(&mut self, r: DropReason) {
+        if let Some(i) = r.sa_index() {
+            self.stats.drops[i] += 1;
+        }
+    }
+}
+
+impl<K> fmt::Debug for SaRuntime<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaRuntime")
+            .field("spi", &format_args!("0x{:08x}", self.spi))
+            .field("direction", &self.direction)
+            .field("endpoint", &self.endpoint)
+            .field("seq", &self.seq)
+            .field("expired", &self.expired)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,354 @@
+//! IPv4 headers (RFC 791).
+
+use super::{WireError, be16, checksum, put16};
+use core::net::Ipv4Addr;
+
+pub const HEADER_LEN: usize = 20;
+pub const FLAG_DF: u16 = 0x4000;
+pub const FLAG_MF: u16 = 0x2000;
+const OFFSET_MASK: u16 = 0x1fff;
+
+mod field {
+    use core::ops::Range;
+    pub const VER_IHL: usize = 0;
+    pub const TOS: usize = 1;
+    pub const LENGTH: usize = 2;
+    pub const IDENT: usize = 4;
+    pub const FLG_OFF: usize = 6;
+    pub const TTL: usize = 8;
+    pub const PROTOCOL: usize = 9;
+    pub const CHECKSUM: usize = 10;
+    pub const SRC: Range<usize> = 12..16;
+    pub const DST: Range<usize> = 16..20;
+}
+
+/// An IPv4 header view. `new_checked` guarantees version 4, a header length of at least
+/// 20 bytes that fits the buffer, and a total length between the header length and the
+/// buffer length.
+#[derive(Debug)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Packet { buffer }
+    }
+
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        if b[field::VER_IHL] >> 4 != 4 {
+            return Err(WireError::Malformed);
+        }
+        let hl = usize::from(b[field::VER_IHL] & 0x0f) * 4;
+        if hl < HEADER_LEN {
+            return Err(WireError::Malformed);
+        }
+        let total = usize::from(be16(b, field::LENGTH));
+        if hl > b.len() || total > b.len() {
+            return Err(WireError::Truncated);
+        }
+        if total < hl {
+            return Err(WireError::Malformed);
+        }
+        Ok(Packet { buffer })
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    pub fn header_len(&self) -> usize {
+        usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
+    }
+
+    pub fn tos(&self) -> u8 {
+        self.buffer.as_ref()[field::TOS]
+    }
+
+    pub fn total_len(&self) -> usize {
+        usize::from(be16(self.buffer.as_ref(), field::LENGTH))
+    }
+
+    pub fn ident(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::IDENT)
+    }
+
+    pub fn dont_frag(&self) -> bool {
+        be16(self.buffer.as_ref(), field::FLG_OFF) & FLAG_DF != 0
+    }
+
+    pub fn more_frags(&self) -> bool {
+        be16(self.buffer.as_ref(), field::FLG_OFF) & FLAG_MF != 0
+    }
+
+    /// Fragment offset in bytes.
+    pub fn frag_offset(&self) -> usize {
+        usize::from(be16(self.buffer.as_ref(), field::FLG_OFF) & OFFSET_MASK) * 8
+    }
+
+    pub fn is_fragment(&self) -> bool {
+        be16(self.buffer.as_ref(), field::FLG_OFF) & (FLAG_MF | OFFSET_MASK) != 0
+    }
+
+    pub fn ttl(&self) -> u8 {
+        self.buffer.as_ref()[field::TTL]
+    }
+
+    pub fn protocol(&self) -> u8 {
+        self.buffer.as_ref()[field::PROTOCOL]
+    }
+
+    pub fn checksum(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::CHECKSUM)
+    }
+
+    pub fn src(&self) -> Ipv4Addr {
+        let b = &self.buffer.as_ref()[field::SRC];
+        Ipv4Addr::new(b[0], b[1], b[2], b[3])
+    }
+
+    pub fn dst(&self) -> Ipv4Addr {
+        let b = &self.buffer.as_ref()[field::DST];
+        Ipv4Addr::new(b[0], b[1], b[2], b[3])
+    }
+
+    #[inline(always)]
+    pub fn verify_checksum(&self) -> bool {
+        let b = self.buffer.as_ref();
+        let h = fixed(b);
+        if h[field::VER_IHL] == 0x45 {
+            return checksum::fold(checksum::sum20(h)) == 0xffff;
+        }
+        checksum::checksum(&b[..self.header_len()]) == 0
+    }
+
+    /// Every field of the fixed header, read in one pass (one bounds check).
+    #[inline]
+    pub fn repr(&self) -> HeaderRepr {
+        let h = fixed(self.buffer.as_ref());
+        let flg_off = u16::from_be_bytes([h[field::FLG_OFF], h[field::FLG_OFF + 1]]);
+        HeaderRepr {
+            header_len: usize::from(h[field::VER_IHL] & 0x0f) * 4,
+            tos: h[field::TOS],
+            total_len: usize::from(u16::from_be_bytes([h[field::LENGTH], h[field::LENGTH + 1]])),
+            ident: u16::from_be_bytes([h[field::IDENT], h[field::IDENT + 1]]),
+            dont_frag: flg_off & FLAG_DF != 0,
+            more_frags: flg_off & FLAG_MF != 0,
+            frag_offset: usize::from(flg_off & OFFSET_MASK) * 8,
+            ttl: h[field::TTL],
+            protocol: h[field::PROTOCOL],
+            src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+            dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+        }
+    }
+
+    /// The bytes after the header, up to the total length.
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[self.header_len()..self.total_len()]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Write a complete 20-byte header (no options), checksum included. The header is
+    /// built in registers and stored once; the checksum is computed from the fields,
+    /// never read back from memory.
+    #[inline]
+    pub fn emit_basic(&mut self, repr: &Repr) {
+        let flags = if repr.dont_frag { FLAG_DF } else { 0 };
+        let w0 = 0x4500_0000 | (u32::from(repr.tos) << 16) | u32::from(repr.total_len);
+        let w1 = (u32::from(repr.ident) << 16) | u32::from(flags);
+        let w2 = (u32::from(repr.ttl) << 24) | (u32::from(repr.protocol) << 16);
+        let (src, dst) = (repr.src.to_bits(), repr.dst.to_bits());
+        let sum = u64::from(w0) + u64::from(w1) + u64::from(w2) + u64::from(src) + u64::from(dst);
+        let w2 = w2 | u32::from(!checksum::fold(sum));
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&w0.to_be_bytes());
+        h[4..8].copy_from_slice(&w1.to_be_bytes());
+        h[8..12].copy_from_slice(&w2.to_be_bytes());
+        h[12..16].copy_from_slice(&src.to_be_bytes());
+        h[16..20].copy_from_slice(&dst.to_be_bytes());
+        self.buffer.as_mut()[..HEADER_LEN].copy_from_slice(&h);
+    }
+
+    pub fn set_total_len(&mut self, len: u16) {
+        put16(self.buffer.as_mut(), field::LENGTH, len);
+    }
+
+    pub fn set_tos(&mut self, tos: u8) {
+        self.buffer.as_mut()[field::TOS] = tos;
+    }
+
+    pub fn set_ttl(&mut self, ttl: u8) {
+        self.buffer.as_mut()[field::TTL] = ttl;
+    }
+
+    pub fn set_protocol(&mut self, p: u8) {
+        self.buffer.as_mut()[field::PROTOCOL] = p;
+    }
+
+    /// Clear MF and the fragment offset (keeping DF).
+    pub fn clear_frag(&mut self) {
+        let b = self.buffer.as_mut();
+        let v = be16(b, field::FLG_OFF) & FLAG_DF;
+        put16(b, field::FLG_OFF, v);
+    }
+
+    pub fn set_checksum(&mut self, c: u16) {
+        put16(self.buffer.as_mut(), field::CHECKSUM, c);
+    }
+
+    /// Compute and store the header checksum. The old value is subtracted from the sum
+    /// rather than zeroed in memory first, so the header is read before it is written.
+    #[inline]
+    pub fn fill_checksum(&mut self) {
+        let b = self.buffer.as_ref();
+        let hl = usize::from(b[field::VER_IHL] & 0x0f) * 4;
+        let sum = if hl == HEADER_LEN { checksum::sum20(fixed(b)) } else { checksum::sum(&b[..hl]) };
+        let old = u64::from(be16(b, field::CHECKSUM));
+        self.set_checksum(!checksum::fold(sum - old));
+    }
+
+    /// Decrement the TTL and patch the checksum incrementally (RFC 1624).
+    pub fn decrement_ttl(&mut self) {
+        let b = self.buffer.as_mut();
+        let old = be16(b, field::TTL);
+        b[field::TTL] = b[field::TTL].wrapping_sub(1);
+        let new = be16(b, field::TTL);
+        let c = checksum::update16(be16(b, field::CHECKSUM), old, new);
+        put16(b, field::CHECKSUM, c);
+    }
+
+    /// Set the ECN field (low two bits of the TOS byte) and patch the checksum
+    /// incrementally.
+    pub fn set_ecn(&mut self, ecn: u8) {
+        let b = self.buffer.as_mut();
+        let old = be16(b, 0);
+        b[field::TOS] = (b[field::TOS] & !0x03) | (ecn & 0x03);
+        let new = be16(b, 0);
+        let c = checksum::update16(be16(b, field::CHECKSUM), old, new);
+        put16(b, field::CHECKSUM, c);
+    }
+
+    pub fn set_src(&mut self, a: Ipv4Addr) {
+        self.buffer.as_mut()[field::SRC].copy_from_slice(&a.octets());
+    }
+
+    pub fn set_dst(&mut self, a: Ipv4Addr) {
+        self.buffer.as_mut()[field::DST].copy_from_slice(&a.octets());
+    }
+}
+
+/// The first 20 bytes; callers have checked the length.
+#[inline]
+fn fixed(b: &[u8]) -> &[u8; HEADER_LEN] {
+    b[..HEADER_LEN].try_into().expect("checked by new_checked")
+}
+
+/// All fields of a parsed header (see [`Packet::repr`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderRepr {
+    pub header_len: usize,
+    pub tos: u8,
+    pub total_len: usize,
+    pub ident: u16,
+    pub dont_frag: bool,
+    pub more_frags: bool,
+    /// In bytes.
+    pub frag_offset: usize,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+}
+
+impl HeaderRepr {
+    pub fn is_fragment(&self) -> bool {
+        self.more_frags || self.frag_offset != 0
+    }
+}
+
+/// The fields of a basic IPv4 header that the engine emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repr {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    pub tos: u8,
+    pub ttl: u8,
+    pub ident: u16,
+    pub dont_frag: bool,
+    pub total_len: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        hex::decode("45000073000040004011b861c0a80001c0a800c7").unwrap()
+    }
+
+    #[test]
+    fn parse_fields() {
+        let mut b = sample();
+        b.resize(0x73, 0);
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.header_len(), 20);
+        assert_eq!(p.total_len(), 0x73);
+        assert!(p.dont_frag() && !p.more_frags() && !p.is_fragment());
+        assert_eq!(p.ttl(), 64);
+        assert_eq!(p.protocol(), 17);
+        assert_eq!(p.src(), Ipv4Addr::new(192, 168, 0, 1));
+        assert_eq!(p.dst(), Ipv4Addr::new(192, 168, 0, 199));
+        assert!(p.verify_checksum());
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let mut b = sample();
+        b.resize(0x73, 0);
+        assert_eq!(Packet::new_checked(&b[..0x72]).err(), Some(WireError::Truncated));
+        b[0] = 0x65;
+        assert_eq!(Packet::new_checked(&b[..]).err(), Some(WireError::Malformed));
+        b[0] = 0x44;
+        assert_eq!(Packet::new_checked(&b[..]).err(), Some(WireError::Malformed));
+        b[0] = 0x45;
+        b[2] = 0;
+        b[3] = 19;
+        assert_eq!(Packet::new_checked(&b[..]).err(), Some(WireError::Malformed));
+        b[0] = 0x4f; // 60-byte header longer than 19-byte buffer
+        assert_eq!(Packet::new_checked(&b[..19]).err(), Some(WireError::Truncated));
+    }
+
+    #[test]
+    fn emit_and_ttl() {
+        let mut b = [0u8; 20];
+        let mut p = Packet::new_unchecked(&mut b[..]);
+        p.emit_basic(&Repr {
+            src: Ipv4Addr::new(192, 168, 0, 1),
+            dst: Ipv4Addr::new(192, 168, 0, 199),
+            protocol: 17,
+            tos: 0,
+            ttl: 64,
+            ident: 0,
+            dont_frag: true,
+            total_len: 0x73,
+        });
+        assert_eq!(&b[..], &sample()[..]);
+        let mut p = Packet::new_unchecked(&mut b[..]);
+        p.fill_checksum();
+        assert_eq!(&b[..], &sample()[..], "fill_checksum over a correct header changes nothing");
+        let mut p = Packet::new_unchecked(&mut b[..]);
+        p.decrement_ttl();
+        assert_eq!(b[8], 63);
+        assert_eq!(checksum::checksum(&b), 0);
+        let mut p = Packet::new_unchecked(&mut b[..]);
+        p.set_ecn(3);
+        assert_eq!(b[1] & 3, 3);
+        assert_eq!(checksum::checksum(&b), 0);
+    }
+}
