@@ -6,6 +6,7 @@
 //! - `encap` / `decap`: the engine over Ethernet frames, everything included (parse,
 //!   SA lookup, anti-replay on with rising sequence numbers, crypto, trailer, headers,
 //!   counters);
+//! - `encap_pad16`: encapsulation with `"pad_to": 16`, so ring never sees a partial block;
 //! - `decap_engine_only` / `encap_engine_only`: the engine with a backend whose AEAD does
 //!   nothing, i.e. the engine's own work alone.
 //!
@@ -52,29 +53,38 @@ impl Backend for NoCrypto {
     }
 }
 
-fn sa(name: &str, spi: u32, dir: &str, local: &str, peer: &str, lsel: &str, psel: &str) -> String {
+/// Outer addresses and selectors of one end of the tunnel.
+struct End {
+    local: &'static str,
+    peer: &'static str,
+    local_sel: &'static str,
+    peer_sel: &'static str,
+}
+
+const HEADEND: End =
+    End { local: "203.0.113.1", peer: "198.51.100.7", local_sel: "10.0.0.0/16", peer_sel: "10.8.0.2/32" };
+const CLIENT: End =
+    End { local: "198.51.100.7", peer: "203.0.113.1", local_sel: "10.8.0.2/32", peer_sel: "10.0.0.0/16" };
+
+fn sa(end: &End, spi: u32, dir: &str, pad_to: u8) -> String {
+    let extra =
+        if dir == "inbound" { r#", "replay_window": 1024"#.to_owned() } else { format!(r#", "pad_to": {pad_to}"#) };
     format!(
-        r#"{{"name": "{name}", "spi": {spi}, "direction": "{dir}", "algorithm": "aes128-gcm", "key": "{KEY}",
-            "local": "{local}", "peer": "{peer}", "encap": {{"local_port": 4500, "peer_port": 4500}},
-            "selectors": {{"local": ["{lsel}"], "peer": ["{psel}"]}} {extra}}}"#,
-        extra = if dir == "inbound" { r#", "replay_window": 1024"# } else { "" }
+        r#"{{"spi": {spi}, "direction": "{dir}", "algorithm": "aes128-gcm", "key": "{KEY}",
+            "local": "{}", "peer": "{}", "encap": {{"local_port": 4500, "peer_port": 4500}},
+            "selectors": {{"local": ["{}"], "peer": ["{}"]}} {extra}}}"#,
+        end.local, end.peer, end.local_sel, end.peer_sel
     )
 }
 
-fn headend_sas() -> Vec<natt_engine::SaParams> {
-    let cfg = format!(
-        r#"{{"sas": [{}, {}]}}"#,
-        sa("in", 0x1001, "inbound", "203.0.113.1", "198.51.100.7", "10.0.0.0/16", "10.8.0.2/32"),
-        sa("out", 0x2001, "outbound", "203.0.113.1", "198.51.100.7", "10.0.0.0/16", "10.8.0.2/32")
-    );
+fn headend_sas(pad_to: u8) -> Vec<natt_engine::SaParams> {
+    let cfg =
+        format!(r#"{{"sas": [{}, {}]}}"#, sa(&HEADEND, 0x1001, "inbound", 4), sa(&HEADEND, 0x2001, "outbound", pad_to));
     parse_config(&cfg, None).unwrap()
 }
 
 fn client<B: Backend>() -> Engine<B> {
-    let cfg = format!(
-        r#"{{"sas": [{}]}}"#,
-        sa("c-out", 0x1001, "outbound", "198.51.100.7", "203.0.113.1", "10.8.0.2/32", "10.0.0.0/16")
-    );
+    let cfg = format!(r#"{{"sas": [{}]}}"#, sa(&CLIENT, 0x1001, "outbound", 4));
     Engine::with_sas(EngineConfig::default(), parse_config(&cfg, None).unwrap()).unwrap()
 }
 
@@ -199,7 +209,7 @@ fn bench(c: &mut Criterion) {
             })
         });
 
-        let mut headend: Engine = Engine::with_sas(EngineConfig::default(), headend_sas()).unwrap();
+        let mut headend: Engine = Engine::with_sas(EngineConfig::default(), headend_sas(4)).unwrap();
         g.bench_function("encap", |b| {
             let mut bufs = buffers();
             let mut res = vec![OutResult::default(); BURST];
@@ -239,7 +249,24 @@ fn bench(c: &mut Criterion) {
             })
         });
 
-        let mut bare: Engine<NoCrypto> = Engine::with_sas(EngineConfig::default(), headend_sas()).unwrap();
+        let mut padded: Engine = Engine::with_sas(EngineConfig::default(), headend_sas(16)).unwrap();
+        g.bench_function("encap_pad16", |b| {
+            let mut bufs = buffers();
+            let mut res = vec![OutResult::default(); BURST];
+            b.iter_custom(|iters| {
+                let mut t = Duration::ZERO;
+                for _ in 0..iters {
+                    refill(&mut bufs, std::slice::from_ref(&reply));
+                    let start = Instant::now();
+                    padded.encap_burst(&mut bufs, &mut res, &mut NoEvents);
+                    t += start.elapsed();
+                }
+                assert!(res.iter().all(|r| r.verdict == OutVerdict::Encapsulated));
+                t
+            })
+        });
+
+        let mut bare: Engine<NoCrypto> = Engine::with_sas(EngineConfig::default(), headend_sas(4)).unwrap();
         g.bench_function("encap_engine_only", |b| {
             let mut bufs = buffers();
             let mut res = vec![OutResult::default(); BURST];

@@ -285,7 +285,7 @@ impl<B: Backend> Engine<B> {
             m.plen = m.ip_len - m.hl;
             m.outer_v6 = m.v6;
         }
-        m.pad = esp::pad_len_for(m.plen);
+        m.pad = esp::pad_len_to(m.plen, usize::from(sa.pad_to));
         let udp_len = if sa.encap.is_some() { udp::HEADER_LEN } else { 0 };
         let outer_hl = if tunnel { if m.outer_v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN } } else { m.hl };
         m.esp_at = m.pstart as isize - PREFIX_LEN as isize;

@@ -543,3 +543,24 @@ fn bursts_longer_than_max_are_processed_whole() {
     assert!(inb.iter().all(|p| p.data() == &ttl_minus_one(f)[..]));
     assert_eq!(headend.counters().decap_packets, 200);
 }
+
+#[test]
+fn padding_to_whole_cipher_blocks() {
+    for pad_to in [4usize, 8, 16] {
+        let s = Setup { extra_out: json!({"pad_to": pad_to}), ..Setup::default() };
+        let mut headend = s.headend();
+        // No NAT in this test: the client owns the address the headend sends to.
+        let mut client = client_with_local(&s, OUTER4.nat);
+        for f in reply_frames(false) {
+            let (r, esp, _) = encap(&mut headend, &f);
+            assert_eq!(r.verdict, OutVerdict::Encapsulated);
+            // Ethernet 14, IPv4 20, UDP 8, ESP header and IV 16, then ciphertext, ICV 16.
+            let ct = esp.len() - 14 - 20 - 8 - 16 - 16;
+            assert_eq!(ct % pad_to, 0, "pad_to {pad_to}: ciphertext {ct}");
+            assert!(ct - (f.len() - 14) - 2 < pad_to, "no more padding than needed");
+            let (r, out, _) = decap(&mut client, &esp, 0);
+            assert_eq!(r.verdict, InVerdict::Tunnel);
+            assert_eq!(out, ttl_minus_one(&f));
+        }
+    }
+}

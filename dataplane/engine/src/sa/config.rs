@@ -100,6 +100,7 @@ const SA_FIELDS: &[&str] = &[
     "ttl",
     "df",
     "last_seq",
+    "pad_to",
 ];
 
 /// Parse a whole configuration file: `{"sas": [ {...}, ... ]}`. Every SA is checked, and
@@ -447,6 +448,15 @@ pub fn parse_sa(v: &Value) -> Result<SaParams, FieldError> {
     inbound_only("paired_spi")?;
     outbound_only("ttl")?;
     outbound_only("df")?;
+    outbound_only("pad_to")?;
+    let pad_to = f
+        .optional("pad_to", |v| match as_u64(v)? {
+            a @ (4 | 8 | 16) => Ok(a as u8),
+            a => {
+                Err(format!("{a} is not a padding alignment; use 4 (smallest packets), 8 or 16 (whole cipher blocks)"))
+            }
+        })?
+        .unwrap_or(4);
     let nat_update = f.optional("nat_update", as_bool)?.unwrap_or(true);
     let paired_spi = f.optional("paired_spi", |v| parse_u32_value(v).map_err(str::to_owned))?;
     let ttl = f
@@ -491,6 +501,7 @@ pub fn parse_sa(v: &Value) -> Result<SaParams, FieldError> {
         ttl,
         df,
         last_seq,
+        pad_to,
     })
 }
 
@@ -747,6 +758,10 @@ mod tests {
         assert!(e.contains("field \"salt\": must be 4 bytes"), "{e}");
         let e = error_of(vec![with(good_in(), "key", json!("xyz0")), good_out()]);
         assert!(e.contains("must be hex digits"), "{e}");
+        let e = error_of(vec![with(good_out(), "pad_to", json!(12))]);
+        assert!(e.contains("field \"pad_to\": 12 is not a padding alignment"), "{e}");
+        let e = error_of(vec![with(good_in(), "pad_to", json!(16)), good_out()]);
+        assert!(e.contains("field \"pad_to\": applies to outbound SAs only"), "{e}");
         let e = error_of(vec![with(good_out(), "last_seq", json!(1u64 << 33))]);
         assert!(e.contains("does not fit 32 bits"), "{e}");
         let e = error_of(vec![without(good_in(), "selectors"), good_out()]);

@@ -205,6 +205,8 @@ pub struct SaParams {
     pub df: DfPolicy,
     /// Highest sequence number already sent (outbound) or received (inbound).
     pub last_seq: u64,
+    /// Outbound: pad payload and trailer to a multiple of this many bytes (4, 8 or 16).
+    pub pad_to: u8,
 }
 
 impl SaParams {

@@ -151,7 +151,13 @@ pub fn parse_trailer(plain: &[u8]) -> Result<Trailer, TrailerError> {
 
 /// Padding that right-aligns the trailer on a 4-byte boundary (RFC 4303 §2.4).
 pub const fn pad_len_for(payload_len: usize) -> usize {
-    (4 - (payload_len + TRAILER_LEN) % 4) % 4
+    pad_len_to(payload_len, 4)
+}
+
+/// Padding that makes payload and trailer a multiple of `align` bytes (a power of two
+/// from 4 to 16; RFC 4303 §2.4 allows more padding than alignment needs).
+pub const fn pad_len_to(payload_len: usize, align: usize) -> usize {
+    (align - (payload_len + TRAILER_LEN) % align) % align
 }
 
 /// Write padding 1, 2, … `pad_len`, the pad length and the next header into `dst`,
@@ -189,6 +195,17 @@ mod tests {
         assert_eq!(parse_trailer(&[1, 2, 3, 4]), Err(TrailerError::PadLength));
         assert_eq!(parse_trailer(&[9, 1, 3, 2, 4]), Err(TrailerError::PadBytes));
         assert_eq!(parse_trailer(&[4]), Err(TrailerError::Truncated));
+    }
+
+    #[test]
+    fn padding_to_blocks() {
+        for n in 0..64 {
+            for align in [4, 8, 16] {
+                let p = pad_len_to(n, align);
+                assert!(p < align);
+                assert_eq!((n + p + TRAILER_LEN) % align, 0);
+            }
+        }
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl Setup {
                 v["local"] = o.client.into();
                 v["peer"] = o.headend.into();
                 let m = v.as_object_mut().unwrap();
-                for k in ["paired_spi", "replay_window", "ttl", "df", "nat_update", "last_seq", "lifetime"] {
+                for k in ["paired_spi", "replay_window", "ttl", "df", "nat_update", "last_seq", "lifetime", "pad_to"] {
                     m.remove(k);
                 }
                 if let Some(sel) = m.get_mut("selectors") {
