@@ -15,7 +15,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use natt_engine::crypto::{AeadKey, AuthFailed, Backend, Icv, KeyError, Nonce, Ring, nonce};
-use natt_engine::event::NoEvents;
+use natt_engine::event::Discard;
 use natt_engine::sa::config::parse_config;
 use natt_engine::sa::{Algorithm, Direction};
 use natt_engine::{Engine, EngineConfig, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
@@ -96,7 +96,7 @@ fn esp_pool<B: Backend>(request: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![OutResult::default(); BURST];
     for _ in 0..POOL {
         refill(&mut bufs, std::slice::from_ref(&request.to_vec()));
-        cl.encap_burst(&mut bufs, &mut out, &mut NoEvents);
+        cl.encap_burst(&mut bufs, &mut out, &mut Discard);
         pool.extend(bufs.iter().map(|b| b.data().to_vec()));
     }
     pool
@@ -218,7 +218,7 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     refill(&mut bufs, std::slice::from_ref(&reply));
                     let start = Instant::now();
-                    headend.encap_burst(&mut bufs, &mut res, &mut NoEvents);
+                    headend.encap_burst(&mut bufs, &mut res, &mut Discard);
                     t += start.elapsed();
                 }
                 assert!(res.iter().all(|r| r.verdict == OutVerdict::Encapsulated));
@@ -241,7 +241,7 @@ fn bench(c: &mut Criterion) {
                     }
                     refill(&mut bufs, &pool[k * BURST..(k + 1) * BURST]);
                     let start = Instant::now();
-                    headend.decap_burst(&mut bufs, 0, &mut res, &mut NoEvents);
+                    headend.decap_burst(&mut bufs, 0, &mut res, &mut Discard);
                     t += start.elapsed();
                 }
                 assert!(res.iter().all(|r| r.verdict == InVerdict::Tunnel), "{:?}", res[0]);
@@ -258,7 +258,7 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     refill(&mut bufs, std::slice::from_ref(&reply));
                     let start = Instant::now();
-                    padded.encap_burst(&mut bufs, &mut res, &mut NoEvents);
+                    padded.encap_burst(&mut bufs, &mut res, &mut Discard);
                     t += start.elapsed();
                 }
                 assert!(res.iter().all(|r| r.verdict == OutVerdict::Encapsulated));
@@ -275,7 +275,7 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     refill(&mut bufs, std::slice::from_ref(&reply));
                     let start = Instant::now();
-                    bare.encap_burst(&mut bufs, &mut res, &mut NoEvents);
+                    bare.encap_burst(&mut bufs, &mut res, &mut Discard);
                     t += start.elapsed();
                 }
                 assert!(res.iter().all(|r| r.verdict == OutVerdict::Encapsulated));
@@ -295,7 +295,7 @@ fn bench(c: &mut Criterion) {
                     }
                     refill(&mut bufs, &clear_pool[k * BURST..(k + 1) * BURST]);
                     let start = Instant::now();
-                    bare.decap_burst(&mut bufs, 0, &mut res, &mut NoEvents);
+                    bare.decap_burst(&mut bufs, 0, &mut res, &mut Discard);
                     t += start.elapsed();
                 }
                 assert!(res.iter().all(|r| r.verdict == InVerdict::Tunnel), "{:?}", res[0]);

@@ -4,7 +4,7 @@
 
 use crate::counters::Counters;
 use crate::crypto::{Backend, Ring};
-use crate::event::{Event, EventKind, EventSink, ExpiryCause, Limit};
+use crate::event::{Event, EventKind, ExpiryCause, Host, Limit};
 use crate::reassembly::{Reassembler, ReassemblyConfig};
 use crate::sa::{Direction, SaEntry, SaParams, SaRuntime, SaTable, TableError};
 use crate::wire::esp::NATT_PORT;
@@ -92,6 +92,24 @@ impl<B: Backend> Engine<B> {
         Some(p)
     }
 
+    /// Make an outbound SA send above `floor` (see `SaRuntime::resume_above`). Returns
+    /// false if there is no such SA.
+    pub fn resume_above(&mut self, direction: Direction, spi: u32, floor: u64) -> bool {
+        let Some(slot) = (match direction {
+            Direction::Inbound => self.sas.inbound_slot(spi),
+            Direction::Outbound => self.sas.outbound_slot(spi),
+        }) else {
+            return false;
+        };
+        match self.sas.get_mut(slot) {
+            Some(e) => {
+                e.rt.resume_above(floor);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn sa(&self, direction: Direction, spi: u32) -> Option<&SaEntry<B::Key>> {
         self.sas.find(direction, spi)
     }
@@ -128,7 +146,7 @@ impl<B: Backend> Engine<B> {
 
 /// Count one packet through an SA against its lifetime; raise soft and hard events.
 #[inline]
-pub(crate) fn account<K>(sa: &mut SaRuntime<K>, bytes: u64, events: &mut impl EventSink) {
+pub(crate) fn account<K>(sa: &mut SaRuntime<K>, bytes: u64, events: &mut impl Host) {
     sa.stats.packets += 1;
     sa.stats.bytes += bytes;
     let lt = sa.lifetime;
@@ -143,7 +161,7 @@ pub(crate) fn account<K>(sa: &mut SaRuntime<K>, bytes: u64, events: &mut impl Ev
         };
         if let Some(l) = hit {
             sa.soft_fired = true;
-            events.push(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SoftLifetime(l) });
+            events.event(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SoftLifetime(l) });
         }
     }
     let hard = if lt.hard_packets.is_some_and(|h| p >= h) {
@@ -155,16 +173,16 @@ pub(crate) fn account<K>(sa: &mut SaRuntime<K>, bytes: u64, events: &mut impl Ev
     };
     if let Some(l) = hard {
         if !sa.expired {
-            events.push(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::HardLifetime(l) });
+            events.event(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::HardLifetime(l) });
             expire(sa, ExpiryCause::HardLifetime(l), events);
         }
     }
 }
 
 /// Mark an SA expired and say so once.
-pub(crate) fn expire<K>(sa: &mut SaRuntime<K>, cause: ExpiryCause, events: &mut impl EventSink) {
+pub(crate) fn expire<K>(sa: &mut SaRuntime<K>, cause: ExpiryCause, events: &mut impl Host) {
     if !sa.expired {
         sa.expired = true;
-        events.push(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SaExpired(cause) });
+        events.event(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SaExpired(cause) });
     }
 }

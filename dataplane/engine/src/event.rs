@@ -1,6 +1,6 @@
-//! Events the engine reports to the control plane: NAT mapping changes and lifetime
-//! milestones. The engine pushes them into a sink the caller provides; a sink that is
-//! full drops and counts, it never blocks.
+//! Events the engine reports to the control plane (NAT mapping changes, lifetime
+//! milestones) and the `Host` trait through which it reports them and reserves
+//! sequence numbers. A host whose event queue is full drops and counts, it never blocks.
 
 use crate::sa::{Direction, Endpoint};
 
@@ -97,21 +97,41 @@ pub fn endpoint_json(e: &Endpoint) -> serde_json::Value {
     serde_json::json!({ "addr": e.addr.to_string(), "port": e.port })
 }
 
-/// Where the engine puts events.
-pub trait EventSink {
-    fn push(&mut self, ev: Event);
+/// A block of outbound sequence numbers the host must record durably before the engine
+/// uses any of them, so that a restarted dataplane resumes above every number it may
+/// have used (no IV is ever repeated under a key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqReservation {
+    pub spi: u32,
+    /// Identifies the key (see `crypto::key_fingerprint`): a new key restarts the count.
+    pub key_fp: u64,
+    /// Every number up to and including this one may be used.
+    pub up_to: u64,
 }
 
-impl EventSink for Vec<Event> {
-    fn push(&mut self, ev: Event) {
-        Vec::push(self, ev);
+/// What the engine needs from the process around it: a place for events (which must
+/// never block: a full queue drops and counts) and durable sequence-number
+/// reservations.
+pub trait Host {
+    fn event(&mut self, ev: Event);
+
+    /// Record a reservation; return false if it could not be recorded, in which case the
+    /// engine sends nothing under the SA. Hosts without restart concerns accept all.
+    fn reserve_seq(&mut self, _r: SeqReservation) -> bool {
+        true
     }
 }
 
-/// Discards events (benchmarks).
-#[derive(Debug, Default)]
-pub struct NoEvents;
+impl Host for Vec<Event> {
+    fn event(&mut self, ev: Event) {
+        self.push(ev);
+    }
+}
 
-impl EventSink for NoEvents {
-    fn push(&mut self, _: Event) {}
+/// Discards events, accepts every reservation (benchmarks).
+#[derive(Debug, Default)]
+pub struct Discard;
+
+impl Host for Discard {
+    fn event(&mut self, _: Event) {}
 }

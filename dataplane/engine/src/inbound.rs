@@ -7,7 +7,7 @@
 use crate::buf::PktBuf;
 use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account};
-use crate::event::{Event, EventKind, EventSink};
+use crate::event::{Event, EventKind, Host};
 use crate::reason::{DropReason, PuntReason};
 use crate::reassembly::{FragOutcome, Fragment};
 use crate::replay::ReplayError;
@@ -102,7 +102,7 @@ impl<B: Backend> Engine<B> {
     pub fn decap_burst<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], now: u64, results: &mut [InResult], events: &mut E)
     where
         Buf: AsRef<[u8]> + AsMut<[u8]>,
-        E: EventSink,
+        E: Host,
     {
         self.expire(now);
         let n = pkts.len().min(results.len());
@@ -117,7 +117,7 @@ impl<B: Backend> Engine<B> {
     fn decap_chunk<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], now: u64, results: &mut [InResult], events: &mut E)
     where
         Buf: AsRef<[u8]> + AsMut<[u8]>,
-        E: EventSink,
+        E: Host,
     {
         // Scratch kept in the engine, so a burst does not initialise it anew.
         let mut scratch = self.in_meta.take().unwrap_or_else(|| Box::new([EMPTY; MAX_BURST]));
@@ -474,7 +474,7 @@ impl<B: Backend> Engine<B> {
     fn finish<Buf, E>(&mut self, pkt: &mut PktBuf<Buf>, m: &Meta, events: &mut E) -> InVerdict
     where
         Buf: AsRef<[u8]> + AsMut<[u8]>,
-        E: EventSink,
+        E: Host,
     {
         let Engine { sas, counters, .. } = self;
         let Some(e) = sas.get_mut(m.slot) else { return InVerdict::Drop(DropReason::NoSa) };
@@ -504,7 +504,7 @@ impl<B: Backend> Engine<B> {
         if let Some((old, pair)) = moved {
             counters.nat_changes += 1;
             let updated = pair.and_then(|p| follow_nat(sas, p, seen));
-            events.push(Event {
+            events.event(Event {
                 spi,
                 direction: Direction::Inbound,
                 kind: EventKind::NatMappingChanged { old, new: seen, updated },

@@ -30,7 +30,7 @@ pub mod wire;
 pub use buf::PktBuf;
 pub use counters::Counters;
 pub use engine::{Engine, EngineConfig, MAX_BURST};
-pub use event::{Event, EventKind, EventSink};
+pub use event::{Event, EventKind, Host};
 pub use inbound::{InResult, InVerdict};
 pub use outbound::{OutResult, OutVerdict};
 pub use reason::{DropReason, PuntReason};

@@ -7,7 +7,7 @@
 use crate::buf::PktBuf;
 use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account, expire};
-use crate::event::{Event, EventKind, EventSink, ExpiryCause};
+use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
 use crate::reason::{DropReason, PuntReason};
 use crate::sa::{DfPolicy, Endpoint, Mode};
 use crate::wire::esp::{self, ICV_LEN, PREFIX_LEN, TRAILER_LEN};
@@ -98,12 +98,15 @@ pub(crate) const EMPTY: Meta = Meta {
 
 const NO_SLOT: u32 = u32::MAX;
 
+/// Sequence numbers reserved at a time (see `Host::reserve_seq`).
+pub const SEQ_BLOCK: u64 = 1 << 16;
+
 impl<B: Backend> Engine<B> {
     /// Encapsulate a burst in place. `results[i]` receives the verdict for `pkts[i]`.
     pub fn encap_burst<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], results: &mut [OutResult], events: &mut E)
     where
         Buf: AsRef<[u8]> + AsMut<[u8]>,
-        E: EventSink,
+        E: Host,
     {
         let n = pkts.len().min(results.len());
         let mut start = 0;
@@ -117,7 +120,7 @@ impl<B: Backend> Engine<B> {
     fn encap_chunk<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], results: &mut [OutResult], events: &mut E)
     where
         Buf: AsRef<[u8]> + AsMut<[u8]>,
-        E: EventSink,
+        E: Host,
     {
         let mut scratch = self.out_meta.take().unwrap_or_else(|| Box::new([EMPTY; MAX_BURST]));
         let n = pkts.len().min(MAX_BURST);
@@ -252,7 +255,7 @@ impl<B: Backend> Engine<B> {
 
     /// Lay out the packet for its SA and take a sequence number. `head` is the
     /// headroom, `room` the frame length plus tailroom.
-    fn plan<E: EventSink>(
+    fn plan<E: Host>(
         &mut self,
         head: usize,
         room: usize,
@@ -303,11 +306,20 @@ impl<B: Backend> Engine<B> {
         }
         if sa.seq >= sa.seq_max {
             // Never wrap: the next number would repeat an IV under this key.
-            events.push(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SeqExhausted });
+            events.event(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SeqExhausted });
             expire(sa, ExpiryCause::SeqExhausted, events);
             return Err(DropReason::SeqExhausted);
         }
-        sa.seq += 1;
+        let seq = sa.seq + 1;
+        if seq > sa.seq_reserved {
+            // Reserve the next block before using any number in it.
+            let up_to = sa.seq.saturating_add(SEQ_BLOCK).min(sa.seq_max);
+            if !events.reserve_seq(SeqReservation { spi: sa.spi, key_fp: sa.key_fp, up_to }) {
+                return Err(DropReason::SeqUnreserved);
+            }
+            sa.seq_reserved = up_to;
+        }
+        sa.seq = seq;
         m.seq = sa.seq;
         res.seq = sa.seq;
         res.dest = Some(sa.endpoint);

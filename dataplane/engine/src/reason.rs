@@ -63,6 +63,7 @@ drop_reasons! {
     EcnCeNotEct = "ecn_ce_not_ect", Sa, "outer header marked CE over a Not-ECT inner packet (RFC 6040 §4.2)";
     TtlExceeded = "ttl_exceeded", Sa, "TTL or hop limit would reach zero when forwarded";
     SeqExhausted = "seq_exhausted", Sa, "the next sequence number would wrap; the SA is expired, never reused";
+    SeqUnreserved = "seq_unreserved", Sa, "the host could not durably reserve more sequence numbers, so none are used";
     NoHeadroom = "no_headroom", Sa, "buffer headroom too small for the outer headers";
     NoTailroom = "no_tailroom", Sa, "buffer tailroom too small for the ESP trailer and ICV";
     MtuExceeded = "mtu_exceeded", Sa, "encapsulated packet would exceed the public MTU";

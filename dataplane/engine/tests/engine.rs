@@ -564,3 +564,64 @@ fn padding_to_whole_cipher_blocks() {
         }
     }
 }
+
+/// A host that records reservations, and can refuse them.
+#[derive(Default)]
+struct Reserving {
+    reservations: Vec<natt_engine::event::SeqReservation>,
+    refuse: bool,
+}
+
+impl natt_engine::Host for Reserving {
+    fn event(&mut self, _: natt_engine::Event) {}
+    fn reserve_seq(&mut self, r: natt_engine::event::SeqReservation) -> bool {
+        if self.refuse {
+            return false;
+        }
+        self.reservations.push(r);
+        true
+    }
+}
+
+fn encap_with(e: &mut natt_engine::Engine, f: &[u8], host: &mut Reserving) -> natt_engine::OutResult {
+    let mut pkts = [PktBuf::from_frame(f, HEADROOM, TAILROOM)];
+    let mut res = [natt_engine::OutResult::default()];
+    e.encap_burst(&mut pkts, &mut res, host);
+    res[0]
+}
+
+#[test]
+fn sequence_numbers_are_reserved_in_blocks_before_use() {
+    use natt_engine::outbound::SEQ_BLOCK;
+    let s = Setup { extra_out: json!({"last_seq": 100}), ..Setup::default() };
+    let mut headend = s.headend();
+    let f = &reply_frames(false)[0];
+    let mut host = Reserving::default();
+    let fp = headend.sa(Direction::Outbound, SPI_OUT).unwrap().rt.key_fp;
+    assert_eq!(encap_with(&mut headend, f, &mut host).seq, 101);
+    assert_eq!(
+        host.reservations,
+        vec![natt_engine::event::SeqReservation { spi: SPI_OUT, key_fp: fp, up_to: 100 + SEQ_BLOCK }]
+    );
+    for _ in 0..SEQ_BLOCK - 1 {
+        encap_with(&mut headend, f, &mut host);
+    }
+    assert_eq!(host.reservations.len(), 1, "one block covers {SEQ_BLOCK} packets");
+    let r = encap_with(&mut headend, f, &mut host);
+    assert_eq!(r.seq, 101 + SEQ_BLOCK);
+    assert_eq!(host.reservations.last().unwrap().up_to, 100 + 2 * SEQ_BLOCK);
+    // A host that cannot record a reservation stops the SA from sending.
+    let mut fresh = s.headend();
+    let mut refusing = Reserving { refuse: true, ..Reserving::default() };
+    assert_eq!(encap_with(&mut fresh, f, &mut refusing).verdict, OutVerdict::Drop(DropReason::SeqUnreserved));
+    // After a restart the SA resumes above everything it may have used.
+    let mut restarted = s.headend();
+    let mut e = restarted.remove_sa(Direction::Outbound, SPI_OUT).unwrap();
+    e.last_seq = 0;
+    restarted.add_sa(e).unwrap();
+    restarted.resume_above(Direction::Outbound, SPI_OUT, 100 + 2 * SEQ_BLOCK);
+    assert_eq!(encap_with(&mut restarted, f, &mut host).seq, 101 + 2 * SEQ_BLOCK);
+    // Fingerprints tell keys apart.
+    let other = natt_engine::crypto::key_fingerprint(&[1; 16], &[0; 4]);
+    assert_ne!(fp, other);
+}

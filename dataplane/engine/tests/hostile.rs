@@ -253,6 +253,19 @@ fn outbound_errors() {
         assert_eq!(pkts[0].data(), &reply[..], "a dropped packet is left as it was");
         saw(want);
     }
+    // A host that cannot record a sequence-number reservation.
+    struct Refusing;
+    impl natt_engine::Host for Refusing {
+        fn event(&mut self, _: natt_engine::Event) {}
+        fn reserve_seq(&mut self, _: natt_engine::event::SeqReservation) -> bool {
+            false
+        }
+    }
+    let mut pkts = [PktBuf::from_frame(&reply, 128, 64)];
+    let mut res = [OutResult::default()];
+    s.headend().encap_burst(&mut pkts, &mut res, &mut Refusing);
+    assert_eq!(res[0].verdict, OutVerdict::Drop(DropReason::SeqUnreserved));
+    saw(DropReason::SeqUnreserved);
     let mut x = engine(
         Setup { extra_out: json!({"last_seq": 0xffff_ffffu64}), ..Setup::default() }.headend_json(),
         EngineConfig::default(),

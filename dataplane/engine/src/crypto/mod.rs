@@ -46,6 +46,17 @@ pub trait Backend: 'static {
     fn key(alg: Algorithm, key: &[u8]) -> Result<Self::Key, KeyError>;
 }
 
+/// A 64-bit fingerprint of key material (SHA-256 of key and salt, truncated): tells
+/// keys apart in sequence-number reservations without storing the key.
+pub fn key_fingerprint(key: &[u8], salt: &[u8; 4]) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"natt seq reservation v1");
+    ctx.update(key);
+    ctx.update(salt);
+    let d = ctx.finish();
+    u64::from_be_bytes(d.as_ref()[..8].try_into().expect("32-byte digest"))
+}
+
 #[inline]
 pub fn nonce(salt: &[u8; 4], iv: &[u8; 8]) -> Nonce {
     let mut n = [0u8; 12];

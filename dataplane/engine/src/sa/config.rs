@@ -481,7 +481,7 @@ pub fn parse_sa(v: &Value) -> Result<SaParams, FieldError> {
         ));
     }
 
-    Ok(SaParams {
+    let p = SaParams {
         name,
         spi,
         direction,
@@ -502,7 +502,84 @@ pub fn parse_sa(v: &Value) -> Result<SaParams, FieldError> {
         df,
         last_seq,
         pad_to,
-    })
+    };
+    p.validate()?;
+    Ok(p)
+}
+
+impl SaParams {
+    /// Check the invariants every SA meets, whatever it came from: a configuration file,
+    /// or a shared-memory record written by another process (untrusted input).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let bad = |f: &str, m: String| Err(FieldError::at(f, m));
+        if self.spi < 256 {
+            return bad("spi", format!("0x{:x} is reserved (0-255)", self.spi));
+        }
+        if self.name.is_empty() {
+            return bad("name", "is empty".into());
+        }
+        if self.key.expose().len() != self.algorithm.key_len() {
+            return bad(
+                "key",
+                format!(
+                    "{} needs {} bytes, got {}",
+                    self.algorithm.name(),
+                    self.algorithm.key_len(),
+                    self.key.expose().len()
+                ),
+            );
+        }
+        if self.local.is_ipv4() != self.peer.is_ipv4() {
+            return bad("peer", "local and peer are of different address families".into());
+        }
+        if self.local == self.peer {
+            return bad("peer", "is the same address as local".into());
+        }
+        if let Some(e) = self.encap {
+            if e.local_port == 0 || e.peer_port == 0 {
+                return bad("encap", "ports must be 1-65535".into());
+            }
+        }
+        match self.direction {
+            Direction::Inbound => {
+                let w = self.replay_window;
+                if w != 0 && !(MIN_REPLAY_WINDOW..=MAX_REPLAY_WINDOW).contains(&w) {
+                    return bad("replay_window", format!("{w} is out of range"));
+                }
+            }
+            Direction::Outbound => {
+                if self.replay_window != 0 || self.paired_spi.is_some() {
+                    return bad("direction", "an outbound SA has no replay window or paired SPI".into());
+                }
+            }
+        }
+        if self.mode == Mode::Tunnel && (self.selectors.local.is_empty() || self.selectors.peer.is_empty()) {
+            return bad("selectors", "a tunnel-mode SA needs local and peer selectors".into());
+        }
+        let lt = &self.lifetime;
+        for (what, soft, hard) in
+            [("bytes", lt.soft_bytes, lt.hard_bytes), ("packets", lt.soft_packets, lt.hard_packets)]
+        {
+            if soft == Some(0) || hard == Some(0) {
+                return bad("lifetime", format!("{what} limits must be at least 1"));
+            }
+            if let (Some(s), Some(h)) = (soft, hard) {
+                if s >= h {
+                    return bad("lifetime", format!("soft_{what} {s} is not below hard_{what} {h}"));
+                }
+            }
+        }
+        if self.ttl == 0 {
+            return bad("ttl", "must be 1-255".into());
+        }
+        if !matches!(self.pad_to, 4 | 8 | 16) {
+            return bad("pad_to", format!("{} is not 4, 8 or 16", self.pad_to));
+        }
+        if self.last_seq > self.seq_max() {
+            return bad("last_seq", format!("{} exceeds the sequence space", self.last_seq));
+        }
+        Ok(())
+    }
 }
 
 /// Reads named fields of one JSON object, with the object's path prefix for errors.

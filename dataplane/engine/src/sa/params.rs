@@ -5,7 +5,7 @@ use super::prefix::IpPrefix;
 use core::fmt;
 use core::net::IpAddr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
     Inbound,
     Outbound,

@@ -71,6 +71,10 @@ pub struct SaRuntime<K> {
     /// Outbound: last sequence number used.
     pub seq: u64,
     pub seq_max: u64,
+    /// Outbound: numbers up to this one are durably reserved by the host.
+    pub seq_reserved: u64,
+    /// Identifies the key for reservations.
+    pub key_fp: u64,
     /// Inbound: anti-replay window and ESN state.
     pub replay: ReplayWindow,
     pub lifetime: Lifetime,
@@ -83,6 +87,15 @@ pub struct SaRuntime<K> {
 }
 
 impl<K: AeadKey> SaRuntime<K> {
+    /// Start sending above `floor` (a reservation found after a restart): every number up
+    /// to it may have been used before.
+    pub fn resume_above(&mut self, floor: u64) {
+        if floor > self.seq {
+            self.seq = floor.min(self.seq_max);
+            self.seq_reserved = self.seq;
+        }
+    }
+
     pub fn new<B: Backend<Key = K>>(p: &SaParams) -> Result<Self, KeyError> {
         let key = B::key(p.algorithm, p.key.expose())?;
         Ok(SaRuntime {
@@ -103,6 +116,8 @@ impl<K: AeadKey> SaRuntime<K> {
             endpoint: Endpoint { addr: p.peer, port: p.encap.map_or(0, |e| e.peer_port) },
             seq: p.last_seq,
             seq_max: p.seq_max(),
+            seq_reserved: p.last_seq,
+            key_fp: crate::crypto::key_fingerprint(p.key.expose(), &p.salt),
             replay: ReplayWindow::new(p.replay_window, p.esn, p.last_seq),
             lifetime: p.lifetime,
             paired_spi: p.paired_spi,

@@ -1,0 +1,555 @@
+//! The dataplane segment (`/dev/shm/<name>.dp`): written by the dataplane, read by the
+//! control process. Per worker: a quiescence report (the SA generation it last saw
+//! between bursts) and an event ring (single producer, the worker; single consumer, the
+//! control; a full ring drops and counts, it never blocks). Shared: the sequence-number
+//! reservations that keep IVs unique across dataplane restarts.
+//!
+//! The segment outlives the dataplane process, so a restarted dataplane finds its
+//! reservations again.
+
+use crate::db::AttachError;
+use crate::layout::*;
+use crate::map::{Mapping, segment_path};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use natt_engine::event::{Event, EventKind, ExpiryCause, Limit};
+use natt_engine::sa::{Direction, Endpoint};
+use std::path::Path;
+
+/// An attached dataplane segment.
+pub struct DpSegment {
+    map: Mapping,
+    layout: DpLayout,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+impl DpSegment {
+    /// Dataplane: open the segment, or create it; either way reset workers and rings and
+    /// record this process, keeping the reservations of an earlier run.
+    pub fn open_or_create(
+        dir: &Path,
+        name: &str,
+        layout: DpLayout,
+        sadb_created_ns: u64,
+    ) -> Result<DpSegment, AttachError> {
+        let path = segment_path(dir, name, "dp");
+        let seg = match Mapping::open_rw(&path) {
+            Ok(map) => match Self::check(map, &path) {
+                Ok(seg) if seg.layout == layout => Some(seg),
+                Ok(_) | Err(_) => {
+                    // A segment of another shape (or another build): its reservations
+                    // cannot be read; refuse rather than lose them silently.
+                    return Err(AttachError::Corrupt {
+                        path,
+                        what: "exists with another layout; keep it until its SAs are gone, or remove it to start over (no SA keys are reused)".into(),
+                    });
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(AttachError::io(&path, e)),
+        };
+        let seg = match seg {
+            Some(s) => s,
+            None => {
+                let map = Mapping::create(&path, layout.total).map_err(|e| AttachError::io(&path, e))?;
+                let h: &DpHeader = map.get(0).expect("fits");
+                h.abi.store(ABI_VERSION, Relaxed);
+                h.header_size.store(core::mem::size_of::<DpHeader>() as u32, Relaxed);
+                h.total_size.store(layout.total as u64, Relaxed);
+                h.max_workers.store(layout.max_workers as u32, Relaxed);
+                h.ring_entries.store(layout.ring_entries as u32, Relaxed);
+                h.resv_buckets.store(layout.resv_buckets as u64, Relaxed);
+                h.magic.store(DP_MAGIC, Release);
+                DpSegment { map, layout }
+            }
+        };
+        let h = seg.header();
+        for w in 0..layout.max_workers {
+            let s = seg.worker(w);
+            s.active.store(0, SeqCst);
+            s.seen_gen.store(0, Relaxed);
+            let r = seg.ring(w);
+            r.head.0.store(0, Relaxed);
+            r.tail.0.store(0, Relaxed);
+            r.dropped.0.store(0, Relaxed);
+        }
+        h.sadb_created_ns.store(sadb_created_ns, Relaxed);
+        h.start_ns.store(now_ns(), Relaxed);
+        h.workers.store(0, Relaxed);
+        h.pid.store(std::process::id(), SeqCst);
+        Ok(seg)
+    }
+
+    /// Control: attach to the dataplane's segment.
+    pub fn attach(dir: &Path, name: &str) -> Result<DpSegment, AttachError> {
+        let path = segment_path(dir, name, "dp");
+        let map = Mapping::open_rw(&path).map_err(|e| AttachError::io(&path, e))?;
+        Self::check(map, &path)
+    }
+
+    fn check(map: Mapping, path: &Path) -> Result<DpSegment, AttachError> {
+        let p = || path.to_owned();
+        let h: &DpHeader = map.get(0).ok_or_else(|| AttachError::Corrupt { path: p(), what: "too small".into() })?;
+        let magic = h.magic.load(Acquire);
+        if magic != DP_MAGIC {
+            return Err(AttachError::Magic { path: p(), found: magic, expected: DP_MAGIC });
+        }
+        let abi = h.abi.load(Relaxed);
+        if abi != ABI_VERSION {
+            return Err(AttachError::Abi { path: p(), found: abi, expected: ABI_VERSION });
+        }
+        let layout = DpLayout::new(
+            h.max_workers.load(Relaxed) as usize,
+            h.ring_entries.load(Relaxed) as usize,
+            h.resv_buckets.load(Relaxed) as usize,
+        )
+        .ok_or_else(|| AttachError::Corrupt { path: p(), what: "its sizes are not a valid layout".into() })?;
+        if map.len() != layout.total || h.total_size.load(Relaxed) != layout.total as u64 {
+            return Err(AttachError::Mismatch {
+                path: p(),
+                what: "size",
+                found: map.len() as u64,
+                expected: layout.total as u64,
+            });
+        }
+        Ok(DpSegment { map, layout })
+    }
+
+    pub fn layout(&self) -> &DpLayout {
+        &self.layout
+    }
+
+    pub fn header(&self) -> &DpHeader {
+        self.map.get(0).expect("checked")
+    }
+
+    pub fn worker(&self, i: usize) -> &WorkerSlot {
+        self.map.get(self.layout.workers + (i % self.layout.max_workers) * 64).expect("in layout")
+    }
+
+    fn ring(&self, i: usize) -> &RingHeader {
+        self.map.get(self.layout.ring(i % self.layout.max_workers)).expect("in layout")
+    }
+
+    fn ring_slots(&self, i: usize) -> &[EventSlot] {
+        let off = self.layout.ring(i % self.layout.max_workers) + core::mem::size_of::<RingHeader>();
+        self.map.slice(off, self.layout.ring_entries).expect("in layout")
+    }
+
+    /// Dataplane: a worker starts. Marks it active before it reads any generation, so the
+    /// writer never reclaims what it might reach.
+    pub fn register_worker(&self, i: usize, lcore: u32, generation_now: impl Fn() -> u64) {
+        let s = self.worker(i);
+        s.seen_gen.store(0, SeqCst);
+        s.lcore.store(lcore, Relaxed);
+        s.active.store(1, SeqCst);
+        s.seen_gen.store(generation_now(), SeqCst);
+        let h = self.header();
+        h.workers.store(h.workers.load(Relaxed).max(i as u32 + 1), Relaxed);
+    }
+
+    /// Dataplane: a worker passed a quiescent point having read `generation`.
+    #[inline]
+    pub fn quiescent(&self, i: usize, generation: u64, now_ns: u64) {
+        let s = self.worker(i);
+        s.seen_gen.store(generation, Release);
+        s.heartbeat_ns.store(now_ns, Relaxed);
+    }
+
+    pub fn unregister_worker(&self, i: usize) {
+        self.worker(i).active.store(0, SeqCst);
+    }
+
+    /// Is the dataplane process that owns the segment alive?
+    pub fn dataplane_alive(&self) -> bool {
+        let pid = self.header().pid.load(SeqCst);
+        pid != 0
+            && rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+    }
+
+    /// Control: the lowest generation reported by the running workers, or `None` when no
+    /// dataplane runs (nothing is in use).
+    pub fn min_seen(&self) -> Option<u64> {
+        if !self.dataplane_alive() {
+            return None;
+        }
+        (0..self.layout.max_workers)
+            .filter(|&i| self.worker(i).active.load(SeqCst) == 1)
+            .map(|i| self.worker(i).seen_gen.load(SeqCst))
+            .min()
+            .or(Some(u64::MAX))
+    }
+
+    /// Dataplane: the producer end of worker `i`'s event ring.
+    pub fn producer(&self, i: usize) -> EventProducer<'_> {
+        let ring = self.ring(i);
+        EventProducer {
+            ring,
+            slots: self.ring_slots(i),
+            head: ring.head.0.load(Relaxed),
+            tail: ring.tail.0.load(Acquire),
+        }
+    }
+
+    /// Control: take every event waiting in any ring, in ring order.
+    pub fn drain_events(&self, mut f: impl FnMut(usize, Result<(Event, u64), u64>)) {
+        let n = self.layout.ring_entries as u64;
+        for w in 0..self.layout.max_workers {
+            let ring = self.ring(w);
+            let slots = self.ring_slots(w);
+            let head = ring.head.0.load(Acquire);
+            let mut tail = ring.tail.0.load(Relaxed);
+            // Never trust the producer's position beyond one ring's worth.
+            if head.wrapping_sub(tail) > n {
+                tail = head.saturating_sub(n);
+            }
+            while tail < head {
+                let s = &slots[(tail % n) as usize];
+                f(w, decode_event(s).ok_or(tail));
+                tail += 1;
+            }
+            ring.tail.0.store(tail, Release);
+        }
+    }
+
+    /// Events lost because rings were full, per worker.
+    pub fn dropped_events(&self) -> Vec<u64> {
+        (0..self.layout.max_workers).map(|w| self.ring(w).dropped.0.load(Relaxed)).collect()
+    }
+
+    pub fn reservations(&self) -> Reservations<'_> {
+        Reservations { b: self.map.slice(self.layout.resv, self.layout.resv_buckets).expect("in layout") }
+    }
+}
+
+/// A worker's end of its event ring. Owned by that worker alone.
+pub struct EventProducer<'a> {
+    ring: &'a RingHeader,
+    slots: &'a [EventSlot],
+    head: u64,
+    tail: u64,
+}
+
+impl EventProducer<'_> {
+    /// Queue an event; if the ring is full, count it as dropped and return false.
+    #[inline]
+    pub fn push(&mut self, ev: &Event, ts_ns: u64) -> bool {
+        let n = self.slots.len() as u64;
+        if self.head - self.tail >= n {
+            self.tail = self.ring.tail.0.load(Acquire);
+            if self.head - self.tail >= n {
+                let d = &self.ring.dropped.0;
+                d.store(d.load(Relaxed) + 1, Relaxed);
+                return false;
+            }
+        }
+        encode_event(&self.slots[(self.head % n) as usize], ev, ts_ns);
+        self.head += 1;
+        self.ring.head.0.store(self.head, Release);
+        true
+    }
+}
+
+fn addr_words(a: &IpAddr) -> (u64, u64, bool) {
+    match a {
+        IpAddr::V4(v) => (u64::from(v.to_bits()), 0, false),
+        IpAddr::V6(v) => {
+            let b = v.to_bits();
+            ((b >> 64) as u64, b as u64, true)
+        }
+    }
+}
+
+fn words_addr(hi: u64, lo: u64, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from_bits(u128::from(hi) << 64 | u128::from(lo)))
+    } else {
+        IpAddr::V4(Ipv4Addr::from_bits(hi as u32))
+    }
+}
+
+fn encode_event(s: &EventSlot, ev: &Event, ts_ns: u64) {
+    let (kind, aux) = match ev.kind {
+        EventKind::NatMappingChanged { .. } => (1u64, 0u64),
+        EventKind::SoftLifetime(l) => (2, (l == Limit::Packets) as u64),
+        EventKind::HardLifetime(l) => (3, (l == Limit::Packets) as u64),
+        EventKind::SeqExhausted => (4, 0),
+        EventKind::SaExpired(c) => (
+            5,
+            match c {
+                ExpiryCause::HardLifetime(Limit::Bytes) => 0,
+                ExpiryCause::HardLifetime(Limit::Packets) => 1,
+                ExpiryCause::SeqExhausted => 2,
+            },
+        ),
+    };
+    let dir = (ev.direction == Direction::Outbound) as u64;
+    let mut w = [0u64; 8];
+    w[1] = u64::from(ev.spi);
+    if let EventKind::NatMappingChanged { old, new, updated } = ev.kind {
+        let (oh, ol, o6) = addr_words(&old.addr);
+        let (nh, nl, n6) = addr_words(&new.addr);
+        w[1] |= u64::from(updated.unwrap_or(0)) << 32;
+        w[2] = oh;
+        w[3] = ol;
+        w[4] = nh;
+        w[5] = nl;
+        w[6] = u64::from(old.port)
+            | u64::from(new.port) << 16
+            | (o6 as u64) << 32
+            | (n6 as u64) << 33
+            | (updated.is_some() as u64) << 34;
+    }
+    w[0] = kind | dir << 8 | aux << 16;
+    w[7] = ts_ns;
+    for (slot, v) in s.w.iter().zip(w) {
+        slot.store(v, Relaxed);
+    }
+}
+
+fn decode_event(s: &EventSlot) -> Option<(Event, u64)> {
+    let w: Vec<u64> = s.w.iter().map(|x| x.load(Relaxed)).collect();
+    let (kind, dir, aux) = (w[0] & 0xff, (w[0] >> 8) & 0xff, (w[0] >> 16) & 0xff);
+    if w[0] >> 24 != 0 || dir > 1 {
+        return None;
+    }
+    let direction = if dir == 1 { Direction::Outbound } else { Direction::Inbound };
+    let limit = |a| match a {
+        0 => Some(Limit::Bytes),
+        1 => Some(Limit::Packets),
+        _ => None,
+    };
+    let kind = match kind {
+        1 => {
+            let f = w[6];
+            let old = Endpoint { addr: words_addr(w[2], w[3], f >> 32 & 1 == 1), port: f as u16 };
+            let new = Endpoint { addr: words_addr(w[4], w[5], f >> 33 & 1 == 1), port: (f >> 16) as u16 };
+            let updated = (f >> 34 & 1 == 1).then_some((w[1] >> 32) as u32);
+            EventKind::NatMappingChanged { old, new, updated }
+        }
+        2 => EventKind::SoftLifetime(limit(aux)?),
+        3 => EventKind::HardLifetime(limit(aux)?),
+        4 => EventKind::SeqExhausted,
+        5 => EventKind::SaExpired(match aux {
+            0 => ExpiryCause::HardLifetime(Limit::Bytes),
+            1 => ExpiryCause::HardLifetime(Limit::Packets),
+            2 => ExpiryCause::SeqExhausted,
+            _ => return None,
+        }),
+        _ => return None,
+    };
+    Some((Event { spi: w[1] as u32, direction, kind }, w[7]))
+}
+
+const RESV_USED: u64 = 1;
+const RESV_TOMB: u64 = 2;
+
+/// The sequence-number reservations: per outbound SPI, the key it is for and the
+/// highest number that may have been used.
+pub struct Reservations<'a> {
+    b: &'a [ResvEntry],
+}
+
+impl Reservations<'_> {
+    fn start(&self, spi: u32) -> usize {
+        spi_hash(0x5e9_5e9, spi) as usize & (self.b.len() - 1)
+    }
+
+    fn find(&self, spi: u32) -> Option<&ResvEntry> {
+        let want = u64::from(spi) << 32 | RESV_USED;
+        let mut i = self.start(spi);
+        for _ in 0..MAX_PROBE.min(self.b.len()) {
+            let k = self.b[i].key.load(Acquire);
+            if k == 0 {
+                return None;
+            }
+            if k == want {
+                return Some(&self.b[i]);
+            }
+            i = (i + 1) & (self.b.len() - 1);
+        }
+        None
+    }
+
+    /// The highest number that may have been used under this SPI and key.
+    pub fn get(&self, spi: u32, key_fp: u64) -> Option<u64> {
+        let e = self.find(spi)?;
+        (e.key_fp.load(Acquire) == key_fp).then(|| e.reserved.load(Acquire))
+    }
+
+    /// Record that numbers up to `up_to` may be used under this SPI and key. The key is
+    /// recorded before the number, so a crash in between errs on the safe side. Returns
+    /// false if the table has no room.
+    pub fn reserve(&self, spi: u32, key_fp: u64, up_to: u64) -> bool {
+        let e = match self.find(spi) {
+            Some(e) => e,
+            None => {
+                let want = u64::from(spi) << 32 | RESV_USED;
+                let mut i = self.start(spi);
+                let mut got = None;
+                for _ in 0..MAX_PROBE.min(self.b.len()) {
+                    let k = self.b[i].key.load(Acquire);
+                    if (k == 0 || k == RESV_TOMB) && self.b[i].key.compare_exchange(k, want, SeqCst, Relaxed).is_ok() {
+                        self.b[i].key_fp.store(key_fp, Release);
+                        self.b[i].reserved.store(0, Release);
+                        got = Some(&self.b[i]);
+                        break;
+                    }
+                    i = (i + 1) & (self.b.len() - 1);
+                }
+                match got {
+                    Some(e) => e,
+                    None => return false,
+                }
+            }
+        };
+        if e.key_fp.load(Acquire) != key_fp {
+            e.key_fp.store(key_fp, Release);
+        }
+        e.reserved.fetch_max(up_to, SeqCst);
+        true
+    }
+
+    /// Forget an SPI's reservation (its SA has long been gone).
+    pub fn forget(&self, spi: u32) -> bool {
+        match self.find(spi) {
+            Some(e) => {
+                e.key.store(RESV_TOMB, Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every recorded reservation: (SPI, key fingerprint, highest reserved).
+    pub fn entries(&self) -> Vec<(u32, u64, u64)> {
+        self.b
+            .iter()
+            .filter(|e| e.key.load(Acquire) & 0xffff_ffff == RESV_USED)
+            .map(|e| ((e.key.load(Acquire) >> 32) as u32, e.key_fp.load(Acquire), e.reserved.load(Acquire)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("natt-dp-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn events_round_trip_and_full_rings_drop() {
+        let d = tmp("ev");
+        let seg = DpSegment::open_or_create(&d, "t", DpLayout::new(2, 4, 64).unwrap(), 1).unwrap();
+        let ev = [
+            Event {
+                spi: 0x1001,
+                direction: Direction::Inbound,
+                kind: EventKind::NatMappingChanged {
+                    old: Endpoint { addr: "198.51.100.7".parse().unwrap(), port: 4500 },
+                    new: Endpoint { addr: "2001:db8::7".parse().unwrap(), port: 40000 },
+                    updated: Some(0x2001),
+                },
+            },
+            Event { spi: 5, direction: Direction::Outbound, kind: EventKind::SoftLifetime(Limit::Packets) },
+            Event { spi: 6, direction: Direction::Outbound, kind: EventKind::SaExpired(ExpiryCause::SeqExhausted) },
+            Event { spi: 7, direction: Direction::Inbound, kind: EventKind::HardLifetime(Limit::Bytes) },
+            Event { spi: 8, direction: Direction::Outbound, kind: EventKind::SeqExhausted },
+        ];
+        let mut p = seg.producer(1);
+        for (i, e) in ev.iter().enumerate() {
+            assert_eq!(p.push(e, 100 + i as u64), i < 4, "the fifth does not fit a ring of four");
+        }
+        assert_eq!(seg.dropped_events(), vec![0, 1]);
+        let mut got = Vec::new();
+        seg.drain_events(|w, r| got.push((w, r.unwrap())));
+        assert_eq!(got.iter().map(|(_, (e, _))| *e).collect::<Vec<_>>(), ev[..4].to_vec());
+        assert_eq!(got[2].1.1, 102);
+        // Room again.
+        assert!(p.push(&ev[4], 9));
+        let attached = DpSegment::attach(&d, "t").unwrap();
+        let mut n = 0;
+        attached.drain_events(|_, r| {
+            assert_eq!(r.unwrap().0, ev[4]);
+            n += 1;
+        });
+        assert_eq!(n, 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn garbage_in_a_ring_is_reported_not_trusted() {
+        let d = tmp("garbage");
+        let seg = DpSegment::open_or_create(&d, "t", DpLayout::new(1, 8, 64).unwrap(), 1).unwrap();
+        let mut p = seg.producer(0);
+        p.push(&Event { spi: 5, direction: Direction::Outbound, kind: EventKind::SeqExhausted }, 1);
+        seg.ring_slots(0)[0].w[0].store(0xdead_beef, Relaxed);
+        // A producer position far ahead is clamped to one ring.
+        seg.ring(0).head.0.store(1 << 40, Relaxed);
+        let mut bad = 0;
+        let mut total = 0;
+        seg.drain_events(|_, r| {
+            total += 1;
+            if r.is_err() {
+                bad += 1;
+            }
+        });
+        assert_eq!(total, 8);
+        assert!(bad >= 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn reservations_survive_reattachment_and_tell_keys_apart() {
+        let d = tmp("resv");
+        let layout = DpLayout::new(1, 8, 64).unwrap();
+        {
+            let seg = DpSegment::open_or_create(&d, "t", layout, 1).unwrap();
+            let r = seg.reservations();
+            assert_eq!(r.get(0x2001, 11), None);
+            assert!(r.reserve(0x2001, 11, 65536));
+            assert!(r.reserve(0x2001, 11, 1000), "never lowers");
+            assert_eq!(r.get(0x2001, 11), Some(65536));
+            assert_eq!(r.get(0x2001, 12), None, "another key starts over");
+            for spi in 0x3000..0x3000 + 63 {
+                assert!(r.reserve(spi, 1, 1));
+            }
+            assert!(!r.reserve(0x9999, 1, 1), "full");
+            assert!(r.forget(0x3000));
+            assert!(r.reserve(0x9999, 1, 7), "a forgotten entry is reused");
+        }
+        let seg = DpSegment::open_or_create(&d, "t", layout, 1).unwrap();
+        assert_eq!(seg.reservations().get(0x2001, 11), Some(65536));
+        assert_eq!(seg.reservations().get(0x9999, 1), Some(7));
+        assert!(
+            DpSegment::open_or_create(&d, "t", DpLayout::new(2, 8, 64).unwrap(), 1).is_err(),
+            "another shape is refused"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn quiescence_and_liveness() {
+        let d = tmp("q");
+        let seg = DpSegment::open_or_create(&d, "t", DpLayout::new(4, 8, 64).unwrap(), 1).unwrap();
+        assert_eq!(seg.min_seen(), Some(u64::MAX), "alive, no workers yet");
+        seg.register_worker(0, 1, || 10);
+        seg.register_worker(2, 3, || 12);
+        assert_eq!(seg.min_seen(), Some(10));
+        seg.quiescent(0, 15, 1);
+        assert_eq!(seg.min_seen(), Some(12));
+        seg.unregister_worker(2);
+        assert_eq!(seg.min_seen(), Some(15));
+        seg.header().pid.store(0, SeqCst);
+        assert_eq!(seg.min_seen(), None, "no dataplane");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

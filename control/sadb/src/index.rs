@@ -1,0 +1,163 @@
+//! Open-addressing hash tables in shared memory. A bucket is one `AtomicU64`:
+//! `tag << 32 | (slot + 1)` for an entry, 0 when empty, low half `TOMB` once removed.
+//! Every change is one atomic store, so readers always see a consistent table; they
+//! follow at most `MAX_PROBE` buckets whatever the memory holds. Several entries may
+//! share a tag (an SA and its replacement during a batch); callers decide which one
+//! is visible.
+
+use crate::layout::{EMPTY, MAX_PROBE, TOMB};
+use core::sync::atomic::AtomicU64;
+use core::sync::atomic::Ordering::{Acquire, Release};
+
+#[inline]
+fn entry(tag: u32, slot: u32) -> u64 {
+    u64::from(tag) << 32 | (u64::from(slot) + 1)
+}
+
+/// One table: a power-of-two slice of buckets.
+#[derive(Clone, Copy)]
+pub struct Table<'a> {
+    b: &'a [AtomicU64],
+    mask: usize,
+}
+
+/// Why an entry could not be inserted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
+impl<'a> Table<'a> {
+    pub fn new(b: &'a [AtomicU64]) -> Option<Self> {
+        b.len().is_power_of_two().then(|| Table { b, mask: b.len() - 1 })
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.b.len()
+    }
+
+    /// Call `f` with the slot of each entry tagged `tag`, in probe order from hash `h`,
+    /// until it returns `Some`, an empty bucket ends the chain, or the probe bound.
+    #[inline]
+    pub fn find<T>(&self, h: u64, tag: u32, mut f: impl FnMut(u32) -> Option<T>) -> Option<T> {
+        let mut i = h as usize & self.mask;
+        for _ in 0..MAX_PROBE.min(self.b.len()) {
+            let e = self.b[i].load(Acquire);
+            if e == EMPTY {
+                return None;
+            }
+            let low = e as u32;
+            if (e >> 32) as u32 == tag && low != TOMB {
+                if let Some(t) = f(low - 1) {
+                    return Some(t);
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    /// Writer: put (tag, slot) in the first empty or removed bucket of its chain.
+    /// Returns the probe distance.
+    pub fn insert(&self, h: u64, tag: u32, slot: u32) -> Result<usize, Full> {
+        let mut i = h as usize & self.mask;
+        for d in 0..MAX_PROBE.min(self.b.len()) {
+            let e = self.b[i].load(Acquire);
+            if e == EMPTY || e as u32 == TOMB {
+                self.b[i].store(entry(tag, slot), Release);
+                return Ok(d);
+            }
+            i = (i + 1) & self.mask;
+        }
+        Err(Full)
+    }
+
+    /// Writer: is (tag, slot) in the table?
+    pub fn contains(&self, h: u64, tag: u32, slot: u32) -> bool {
+        self.find(h, tag, |s| (s == slot).then_some(())).is_some()
+    }
+
+    /// Writer: replace (tag, slot) with a tombstone. Returns whether it was there.
+    pub fn remove(&self, h: u64, tag: u32, slot: u32) -> bool {
+        let want = entry(tag, slot);
+        let mut i = h as usize & self.mask;
+        for _ in 0..MAX_PROBE.min(self.b.len()) {
+            let e = self.b[i].load(Acquire);
+            if e == EMPTY {
+                return false;
+            }
+            if e == want {
+                self.b[i].store(u64::from(TOMB), Release);
+                return true;
+            }
+            i = (i + 1) & self.mask;
+        }
+        false
+    }
+
+    /// Raw bucket `i`: `Some((tag, Some(slot)))` for an entry, `Some((_, None))` for a
+    /// tombstone, `None` when empty.
+    pub fn bucket(&self, i: usize) -> Option<(u32, Option<u32>)> {
+        let e = self.b[i & self.mask].load(Acquire);
+        if e == EMPTY {
+            return None;
+        }
+        let low = e as u32;
+        Some(((e >> 32) as u32, (low != TOMB).then(|| low - 1)))
+    }
+
+    /// Writer: empty buckets `range` (of a table no reader uses).
+    pub fn clear(&self, range: core::ops::Range<usize>) {
+        for b in &self.b[range] {
+            b.store(EMPTY, Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(n: usize) -> Vec<AtomicU64> {
+        (0..n).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    #[test]
+    fn insert_find_remove_and_tombstones() {
+        let v = table(16);
+        let t = Table::new(&v).unwrap();
+        // Three entries colliding at bucket 3.
+        assert_eq!(t.insert(3, 7, 0), Ok(0));
+        assert_eq!(t.insert(3, 8, 1), Ok(1));
+        assert_eq!(t.insert(3, 7, 2), Ok(2));
+        let all = |tag| {
+            let mut v = Vec::new();
+            t.find(3, tag, |s| {
+                v.push(s);
+                None::<()>
+            });
+            v
+        };
+        assert_eq!(all(7), vec![0, 2]);
+        assert!(t.remove(3, 8, 1));
+        assert!(!t.remove(3, 8, 1));
+        // The tombstone keeps the chain: entry 2 is still found.
+        assert_eq!(all(7), vec![0, 2]);
+        assert_eq!(t.bucket(4), Some((0, None)));
+        // Insertion reuses the tombstone.
+        assert_eq!(t.insert(3, 9, 5), Ok(1));
+        assert!(t.contains(3, 9, 5));
+        assert_eq!(t.find(3, 7, |s| (s == 2).then_some(s)), Some(2));
+    }
+
+    #[test]
+    fn full_tables_and_probe_bounds() {
+        let v = table(4);
+        let t = Table::new(&v).unwrap();
+        for s in 0..4 {
+            t.insert(0, 1, s).unwrap();
+        }
+        assert_eq!(t.insert(0, 1, 9), Err(Full));
+        // A full table of non-matching entries ends the search after one lap.
+        assert_eq!(t.find(0, 2, Some), None);
+        assert!(Table::new(&v[..3]).is_none());
+    }
+}

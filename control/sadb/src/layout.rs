@@ -1,0 +1,347 @@
+//! The layout of both segments, defined once. Every shared field is an atomic, so
+//! concurrent access from the two processes is well defined; records and tables are
+//! `#[repr(C)]` with sizes checked at compile time. Offsets are a pure function of the
+//! capacities in the header, so a reader recomputes them rather than trusting them.
+
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+pub const SADB_MAGIC: u64 = u64::from_be_bytes(*b"NATTSADB");
+pub const DP_MAGIC: u64 = u64::from_be_bytes(*b"NATTDPSG");
+/// Bumped on any change to either layout.
+pub const ABI_VERSION: u32 = 1;
+
+pub const CACHE_LINE: usize = 64;
+/// Longest probe sequence a reader follows in any table (a bound on untrusted input).
+pub const MAX_PROBE: usize = 4096;
+/// Traffic selectors stored per SA (local and peer together).
+pub const MAX_SELECTORS: usize = 8;
+/// Bytes of an SA's name kept in its record.
+pub const NAME_LEN: usize = 32;
+
+/// A table or record slot is empty.
+pub const EMPTY: u64 = 0;
+/// Low half of a removed index entry.
+pub const TOMB: u32 = u32::MAX;
+/// `until_gen` of a record not scheduled for removal.
+pub const FOREVER: u64 = u64::MAX;
+
+/// Record states.
+pub mod state {
+    pub const FREE: u32 = 0;
+    pub const LIVE: u32 = 1;
+    pub const RETIRED: u32 = 2;
+}
+
+/// Bits of `SaRecord::flags`.
+pub mod flag {
+    pub const OUTBOUND: u32 = 1 << 0;
+    pub const TRANSPORT: u32 = 1 << 1;
+    pub const ESN: u32 = 1 << 2;
+    pub const ENCAP: u32 = 1 << 3;
+    pub const NAT_UPDATE: u32 = 1 << 4;
+    pub const V6: u32 = 1 << 5;
+    pub const HAS_PAIR: u32 = 1 << 6;
+    pub const ALG_SHIFT: u32 = 8;
+    pub const ALG_MASK: u32 = 0x7 << ALG_SHIFT;
+    pub const DF_SHIFT: u32 = 12;
+    pub const DF_MASK: u32 = 0x3 << DF_SHIFT;
+    pub const KNOWN: u32 = OUTBOUND | TRANSPORT | ESN | ENCAP | NAT_UPDATE | V6 | HAS_PAIR | ALG_MASK | DF_MASK;
+}
+
+/// Bits of a selector's meta half-word: prefix length, family, side.
+pub mod sel {
+    pub const LEN_MASK: u16 = 0xff;
+    pub const V6: u16 = 1 << 8;
+    pub const PEER: u16 = 1 << 9;
+    pub const USED: u16 = 1 << 15;
+}
+
+/// The SA segment's header. The first line is fixed at creation; `generation` has a
+/// cache line of its own because every worker reads it every burst.
+#[repr(C, align(64))]
+pub struct SadbHeader {
+    pub magic: AtomicU64,
+    pub abi: AtomicU32,
+    pub header_size: AtomicU32,
+    pub record_size: AtomicU32,
+    pub _pad0: AtomicU32,
+    pub capacity: AtomicU64,
+    pub spi_buckets: AtomicU64,
+    pub lpm_buckets: AtomicU64,
+    pub total_size: AtomicU64,
+    pub hash_seed: AtomicU64,
+    pub created_ns: AtomicU64,
+    /// Published generation: readers see records with `from_gen <= g < until_gen`.
+    pub generation: CacheLine<AtomicU64>,
+    /// Bit 0: active inbound SPI table, bit 1: outbound SPI table, bit 2: LPM table.
+    pub active: AtomicU32,
+    pub writer_pid: AtomicU32,
+    pub next_uid: AtomicU64,
+    /// Prefix lengths present in the LPM table: IPv4 bits 0..=32, IPv6 bits 0..=128.
+    pub lpm_len_v4: AtomicU64,
+    pub lpm_len_v6: [AtomicU64; 3],
+    pub _pad1: [AtomicU64; 2],
+}
+
+/// Pads `T` to a cache line.
+#[repr(C, align(64))]
+pub struct CacheLine<T>(pub T);
+
+/// One SA. Written only while FREE (unreachable), then published; afterwards only
+/// `state`, `until_gen`, `retire_gen` and `remove_at_ns` change.
+#[repr(C, align(64))]
+#[derive(Default)]
+pub struct SaRecord {
+    // line 0: what a lookup checks
+    pub state: AtomicU32,
+    pub flags: AtomicU32,
+    pub spi: AtomicU32,
+    pub paired_spi: AtomicU32,
+    pub uid: AtomicU64,
+    pub from_gen: AtomicU64,
+    pub until_gen: AtomicU64,
+    pub retire_gen: AtomicU64,
+    /// Wall-clock time (ns since the epoch) at which a draining SA is removed; 0: none.
+    pub remove_at_ns: AtomicU64,
+    /// Local selectors in the low byte, peer selectors in the next.
+    pub sel_counts: AtomicU32,
+    /// Local UDP port in the high half, peer port in the low half.
+    pub ports: AtomicU32,
+    // line 1
+    pub key: [AtomicU64; 4],
+    pub salt: AtomicU32,
+    pub replay_window: AtomicU32,
+    /// TTL in bits 0..8, `pad_to` in bits 8..16.
+    pub ttl_pad: AtomicU32,
+    pub key_len: AtomicU32,
+    pub local: [AtomicU64; 2],
+    // line 2
+    pub peer: [AtomicU64; 2],
+    /// soft bytes, hard bytes, soft packets, hard packets; 0: no limit.
+    pub lifetime: [AtomicU64; 4],
+    pub last_seq: AtomicU64,
+    pub _pad2: AtomicU64,
+    // line 3 and on
+    pub name: [AtomicU64; NAME_LEN / 8],
+    /// Eight 16-bit selector metas (see `sel`).
+    pub sel_meta: [AtomicU64; 2],
+    pub sel_addr: [[AtomicU64; 2]; MAX_SELECTORS],
+    pub _pad3: [AtomicU64; 2],
+}
+
+pub const RECORD_SIZE: usize = 384;
+
+/// The dataplane segment's header (written by the dataplane, read by the control).
+#[repr(C, align(64))]
+pub struct DpHeader {
+    pub magic: AtomicU64,
+    pub abi: AtomicU32,
+    pub header_size: AtomicU32,
+    pub total_size: AtomicU64,
+    pub max_workers: AtomicU32,
+    pub ring_entries: AtomicU32,
+    pub resv_buckets: AtomicU64,
+    /// The dataplane process using the segment, and when it started (ns since epoch).
+    pub pid: AtomicU32,
+    pub workers: AtomicU32,
+    pub start_ns: AtomicU64,
+    /// `created_ns` of the SA segment the dataplane attached.
+    pub sadb_created_ns: AtomicU64,
+}
+
+/// One worker's quiescence report and liveness, on its own line.
+#[repr(C, align(64))]
+pub struct WorkerSlot {
+    /// The SA generation the worker read at its last quiescent point (between bursts).
+    pub seen_gen: AtomicU64,
+    pub heartbeat_ns: AtomicU64,
+    /// 1 while the worker runs.
+    pub active: AtomicU32,
+    pub lcore: AtomicU32,
+    pub _pad: [AtomicU64; 5],
+}
+
+/// Producer and consumer positions of one worker's event ring, each on its own line.
+#[repr(C, align(64))]
+pub struct RingHeader {
+    pub head: CacheLine<AtomicU64>,
+    pub tail: CacheLine<AtomicU64>,
+    /// Events lost because the ring was full.
+    pub dropped: CacheLine<AtomicU64>,
+}
+
+/// One event in a ring.
+#[repr(C, align(64))]
+pub struct EventSlot {
+    pub w: [AtomicU64; 8],
+}
+
+/// A sequence-number reservation: `key` is `spi << 32 | 1` once used; `key_fp`
+/// identifies the key; numbers up to `reserved` may have been used.
+#[repr(C, align(32))]
+pub struct ResvEntry {
+    pub key: AtomicU64,
+    pub key_fp: AtomicU64,
+    pub reserved: AtomicU64,
+    pub _pad: AtomicU64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<SadbHeader>() == 4 * CACHE_LINE);
+    assert!(core::mem::size_of::<SaRecord>() == RECORD_SIZE);
+    assert!(core::mem::size_of::<DpHeader>() == CACHE_LINE);
+    assert!(core::mem::size_of::<WorkerSlot>() == CACHE_LINE);
+    assert!(core::mem::size_of::<RingHeader>() == 3 * CACHE_LINE);
+    assert!(core::mem::size_of::<EventSlot>() == CACHE_LINE);
+    assert!(core::mem::size_of::<ResvEntry>() == 32);
+    assert!(core::mem::align_of::<SaRecord>() == CACHE_LINE);
+};
+
+fn align_up(x: usize, a: usize) -> usize {
+    x.div_ceil(a) * a
+}
+
+/// Where everything is in the SA segment, computed from the capacities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SadbLayout {
+    pub capacity: usize,
+    pub spi_buckets: usize,
+    pub lpm_buckets: usize,
+    pub records: usize,
+    /// [inbound A, inbound B]
+    pub spi_in: [usize; 2],
+    pub spi_out: [usize; 2],
+    pub lpm: [usize; 2],
+    pub total: usize,
+}
+
+impl SadbLayout {
+    /// Largest number of SAs a segment holds.
+    pub const MAX_CAPACITY: usize = 1 << 24;
+
+    pub fn new(capacity: usize, spi_buckets: usize, lpm_buckets: usize) -> Option<Self> {
+        if capacity == 0
+            || capacity > Self::MAX_CAPACITY
+            || !spi_buckets.is_power_of_two()
+            || !lpm_buckets.is_power_of_two()
+            || spi_buckets > 4 * Self::MAX_CAPACITY
+            || lpm_buckets > 4 * Self::MAX_CAPACITY
+        {
+            return None;
+        }
+        let records = align_up(core::mem::size_of::<SadbHeader>(), 4096);
+        let mut at = align_up(records + capacity * RECORD_SIZE, 4096);
+        let mut table = |n: usize| {
+            let t = at;
+            at = align_up(at + n * 8, 4096);
+            t
+        };
+        let spi_in = [table(spi_buckets), table(spi_buckets)];
+        let spi_out = [table(spi_buckets), table(spi_buckets)];
+        let lpm = [table(lpm_buckets), table(lpm_buckets)];
+        Some(SadbLayout { capacity, spi_buckets, lpm_buckets, records, spi_in, spi_out, lpm, total: at })
+    }
+
+    /// The default tables for a capacity: SPI tables twice, the LPM table four times
+    /// the number of SAs, so that probes stay short and tombstones are compacted rarely.
+    pub fn for_capacity(capacity: usize) -> Option<Self> {
+        let spi = (2 * capacity).next_power_of_two().max(1024);
+        let lpm = (4 * capacity).next_power_of_two().max(1024);
+        Self::new(capacity, spi, lpm)
+    }
+}
+
+/// Where everything is in the dataplane segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DpLayout {
+    pub max_workers: usize,
+    pub ring_entries: usize,
+    pub resv_buckets: usize,
+    pub workers: usize,
+    pub rings: usize,
+    pub resv: usize,
+    pub total: usize,
+}
+
+impl DpLayout {
+    pub const MAX_WORKERS: usize = 128;
+
+    pub fn new(max_workers: usize, ring_entries: usize, resv_buckets: usize) -> Option<Self> {
+        if max_workers == 0
+            || max_workers > Self::MAX_WORKERS
+            || !ring_entries.is_power_of_two()
+            || ring_entries > 1 << 20
+            || !resv_buckets.is_power_of_two()
+            || resv_buckets > 1 << 26
+        {
+            return None;
+        }
+        let workers = align_up(core::mem::size_of::<DpHeader>(), 4096);
+        let rings = align_up(workers + max_workers * core::mem::size_of::<WorkerSlot>(), 4096);
+        let ring_bytes = core::mem::size_of::<RingHeader>() + ring_entries * core::mem::size_of::<EventSlot>();
+        let resv = align_up(rings + max_workers * ring_bytes, 4096);
+        let total = align_up(resv + resv_buckets * core::mem::size_of::<ResvEntry>(), 4096);
+        Some(DpLayout { max_workers, ring_entries, resv_buckets, workers, rings, resv, total })
+    }
+
+    pub fn ring(&self, worker: usize) -> usize {
+        self.rings
+            + worker * (core::mem::size_of::<RingHeader>() + self.ring_entries * core::mem::size_of::<EventSlot>())
+    }
+}
+
+/// The hash both processes use: a folded 64×64 multiply, seeded per segment.
+#[inline]
+pub fn mix(seed: u64, x: u64) -> u64 {
+    let m = u128::from(x ^ seed) * u128::from(0x9e37_79b9_7f4a_7c15u64 ^ (seed.rotate_left(29) | 1));
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+#[inline]
+pub fn spi_hash(seed: u64, spi: u32) -> u64 {
+    mix(seed, u64::from(spi))
+}
+
+/// Hash of an LPM key: family, prefix length and masked address.
+#[inline]
+pub fn lpm_hash(seed: u64, v6: bool, len: u8, addr: u128) -> u64 {
+    let h = mix(seed, (addr >> 64) as u64 ^ (u64::from(len) << 56) ^ (u64::from(v6) << 63));
+    mix(h, addr as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_aligned_and_in_bounds() {
+        let l = SadbLayout::for_capacity(1000).unwrap();
+        assert_eq!((l.spi_buckets, l.lpm_buckets), (2048, 4096));
+        for off in [l.records, l.spi_in[0], l.spi_in[1], l.spi_out[0], l.spi_out[1], l.lpm[0], l.lpm[1]] {
+            assert_eq!(off % 4096, 0);
+            assert!(off < l.total);
+        }
+        assert!(l.lpm[1] + l.lpm_buckets * 8 <= l.total);
+        assert!(SadbLayout::new(0, 1024, 1024).is_none());
+        assert!(SadbLayout::new(10, 1000, 1024).is_none());
+        let big = SadbLayout::for_capacity(2_100_000).unwrap();
+        assert!(big.total < 2 << 30, "two million SAs fit in under 2 GiB: {}", big.total);
+        let d = DpLayout::new(4, 1024, 4096).unwrap();
+        assert!(d.ring(3) + 3 * 64 + 1024 * 64 <= d.resv);
+        assert!(d.resv + 4096 * 32 <= d.total);
+        assert!(DpLayout::new(200, 1024, 4096).is_none());
+    }
+
+    #[test]
+    fn hashes_depend_on_seed_and_key() {
+        assert_ne!(spi_hash(1, 0x1001), spi_hash(2, 0x1001));
+        assert_ne!(lpm_hash(1, false, 32, 1), lpm_hash(1, false, 31, 1));
+        assert_ne!(lpm_hash(1, false, 32, 1), lpm_hash(1, true, 32, 1));
+        // Consecutive host addresses spread over buckets.
+        let mut hit = std::collections::HashSet::new();
+        for a in 0..4096u128 {
+            hit.insert(lpm_hash(7, false, 32, 0x0a00_0000 + a) & 4095);
+        }
+        assert!(hit.len() > 2400, "{}", hit.len());
+    }
+}

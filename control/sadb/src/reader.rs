@@ -1,0 +1,163 @@
+//! The dataplane's side of the SA segment: attach read-only, take a snapshot once per
+//! burst (the published generation and the active tables), and look SAs up without a
+//! lock or a syscall. Everything read is bounds-checked; a record is used only if it is
+//! live and visible at the snapshot's generation, and decoded only after validation.
+
+use crate::db::{AttachError, Sadb, TableId, active_bit};
+use crate::layout::*;
+use crate::map::Mapping;
+use crate::record::{LpmKey, RecordError, decode, has_peer_selector};
+use core::net::IpAddr;
+use core::sync::atomic::Ordering::{Acquire, Relaxed};
+use natt_engine::sa::{Direction, SaParams};
+use std::path::Path;
+
+/// A read-only attachment to an SA segment.
+pub struct Reader {
+    db: Sadb,
+}
+
+/// What a burst works with: one generation and one set of tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub generation: u64,
+    active: u32,
+    lpm_v4: u64,
+    lpm_v6: [u64; 3],
+}
+
+/// A visible SA: its slot, and the uid that tells its runtime state apart from the
+/// previous occupant of the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub slot: u32,
+    pub uid: u64,
+}
+
+impl Reader {
+    /// Attach to `dir/<name>.sadb` read-only, refusing a segment that does not match
+    /// this build.
+    pub fn attach(dir: &Path, name: &str) -> Result<Reader, AttachError> {
+        let path = crate::map::segment_path(dir, name, "sadb");
+        let map = Mapping::open_ro(&path).map_err(|e| AttachError::io(&path, e))?;
+        Ok(Reader { db: Sadb::check(map, &path)? })
+    }
+
+    pub fn db(&self) -> &Sadb {
+        &self.db
+    }
+
+    /// Read the published generation, the active tables and the LPM lengths.
+    #[inline]
+    pub fn snapshot(&self) -> Snapshot {
+        let h = self.db.header();
+        let generation = h.generation.0.load(Acquire);
+        Snapshot {
+            generation,
+            active: h.active.load(Acquire),
+            lpm_v4: h.lpm_len_v4.load(Acquire),
+            lpm_v6: [h.lpm_len_v6[0].load(Acquire), h.lpm_len_v6[1].load(Acquire), h.lpm_len_v6[2].load(Acquire)],
+        }
+    }
+
+    #[inline]
+    fn which(s: &Snapshot, t: TableId) -> usize {
+        usize::from(s.active & active_bit(t) != 0)
+    }
+
+    /// Is the record in `slot` a live SA of `dir` visible at `g`? Returns its uid.
+    #[inline]
+    fn visible(&self, slot: u32, dir: Direction, g: u64) -> Option<(&SaRecord, u64)> {
+        let r = self.db.record(slot)?;
+        if r.state.load(Acquire) != state::LIVE {
+            return None;
+        }
+        let from = r.from_gen.load(Acquire);
+        let until = r.until_gen.load(Acquire);
+        if !(from <= g && g < until) {
+            return None;
+        }
+        let outbound = r.flags.load(Relaxed) & flag::OUTBOUND != 0;
+        if outbound != (dir == Direction::Outbound) {
+            return None;
+        }
+        Some((r, r.uid.load(Relaxed)))
+    }
+
+    #[inline]
+    fn by_spi(&self, s: &Snapshot, dir: Direction, spi: u32) -> Option<Found> {
+        let t = self.db.spi_table(dir, Self::which(s, TableId::spi(dir)));
+        let h = spi_hash(self.db.seed, spi);
+        t.find(h, spi, |slot| {
+            let (r, uid) = self.visible(slot, dir, s.generation)?;
+            (r.spi.load(Relaxed) == spi).then_some(Found { slot, uid })
+        })
+    }
+
+    /// The inbound SA with this SPI.
+    #[inline]
+    pub fn inbound(&self, s: &Snapshot, spi: u32) -> Option<Found> {
+        self.by_spi(s, Direction::Inbound, spi)
+    }
+
+    /// The outbound SA with this SPI (for NAT updates of a pair).
+    pub fn outbound_by_spi(&self, s: &Snapshot, spi: u32) -> Option<Found> {
+        self.by_spi(s, Direction::Outbound, spi)
+    }
+
+    /// The outbound SA whose peer selectors cover `dst` most specifically.
+    #[inline]
+    pub fn outbound(&self, s: &Snapshot, dst: &IpAddr) -> Option<Found> {
+        let t = self.db.lpm_table(Self::which(s, TableId::Lpm));
+        let try_len = |len: u8| {
+            let key = LpmKey::masked(dst, len);
+            let h = key.hash(self.db.seed);
+            t.find(h, (h >> 32) as u32, |slot| {
+                let (r, uid) = self.visible(slot, Direction::Outbound, s.generation)?;
+                has_peer_selector(r, &key).then_some(Found { slot, uid })
+            })
+        };
+        match dst {
+            IpAddr::V4(_) => {
+                let mut bits = s.lpm_v4 & ((1u64 << 33) - 1);
+                while bits != 0 {
+                    let len = 63 - bits.leading_zeros();
+                    bits &= !(1u64 << len);
+                    if let Some(f) = try_len(len as u8) {
+                        return Some(f);
+                    }
+                }
+                None
+            }
+            IpAddr::V6(_) => {
+                for w in (0..3).rev() {
+                    let mut bits = s.lpm_v6[w];
+                    if w == 2 {
+                        bits &= 1; // length 128 only
+                    }
+                    while bits != 0 {
+                        let b = 63 - bits.leading_zeros();
+                        bits &= !(1u64 << b);
+                        if let Some(f) = try_len((w as u32 * 64 + b) as u8) {
+                            return Some(f);
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The uid now in `slot` (to check a cached runtime against).
+    #[inline]
+    pub fn uid(&self, slot: u32) -> Option<u64> {
+        self.db.record(slot).map(|r| r.uid.load(Relaxed))
+    }
+
+    /// Decode and validate the SA in `slot`. The record is untrusted: any inconsistency
+    /// is an error, never a panic.
+    pub fn decode(&self, slot: u32) -> Result<SaParams, RecordError> {
+        let r = self.db.record(slot).ok_or_else(|| RecordError::Invalid(format!("slot {slot} out of range")))?;
+        decode(r)
+    }
+}
