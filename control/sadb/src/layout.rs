@@ -10,6 +10,9 @@ pub const DP_MAGIC: u64 = u64::from_be_bytes(*b"NATTDPSG");
 /// Bumped on any change to either layout.
 pub const ABI_VERSION: u32 = 1;
 
+/// Offset of `SaRecord::key_len` (tests corrupt it on purpose).
+pub const KEY_LEN_OFFSET: usize = 64 + 44;
+
 pub const CACHE_LINE: usize = 64;
 /// Longest probe sequence a reader follows in any table (a bound on untrusted input).
 pub const MAX_PROBE: usize = 4096;
@@ -88,7 +91,9 @@ pub struct SadbHeader {
 pub struct CacheLine<T>(pub T);
 
 /// One SA. Written only while FREE (unreachable), then published; afterwards only
-/// `state`, `until_gen`, `retire_gen` and `remove_at_ns` change.
+/// `state`, `until_gen`, `retire_gen` and `remove_at_ns` change. The first cache line
+/// holds everything a lookup checks, including a copy of the first peer selector, so a
+/// lookup that hits touches one line of the record.
 #[repr(C, align(64))]
 #[derive(Default)]
 pub struct SaRecord {
@@ -100,13 +105,11 @@ pub struct SaRecord {
     pub uid: AtomicU64,
     pub from_gen: AtomicU64,
     pub until_gen: AtomicU64,
-    pub retire_gen: AtomicU64,
-    /// Wall-clock time (ns since the epoch) at which a draining SA is removed; 0: none.
-    pub remove_at_ns: AtomicU64,
     /// Local selectors in the low byte, peer selectors in the next.
     pub sel_counts: AtomicU32,
-    /// Local UDP port in the high half, peer port in the low half.
-    pub ports: AtomicU32,
+    /// The first peer selector's meta (see `sel`), 0 if none; its address follows.
+    pub peer0_meta: AtomicU32,
+    pub peer0_addr: [AtomicU64; 2],
     // line 1
     pub key: [AtomicU64; 4],
     pub salt: AtomicU32,
@@ -120,13 +123,18 @@ pub struct SaRecord {
     /// soft bytes, hard bytes, soft packets, hard packets; 0: no limit.
     pub lifetime: [AtomicU64; 4],
     pub last_seq: AtomicU64,
-    pub _pad2: AtomicU64,
-    // line 3 and on
+    /// Local UDP port in the high half, peer port in the low half.
+    pub ports: AtomicU32,
+    pub _pad2: AtomicU32,
+    // line 3: the writer's bookkeeping, the name, selector metas
+    pub retire_gen: AtomicU64,
+    /// Wall-clock time (ns since the epoch) at which a draining SA is removed; 0: none.
+    pub remove_at_ns: AtomicU64,
     pub name: [AtomicU64; NAME_LEN / 8],
     /// Eight 16-bit selector metas (see `sel`).
     pub sel_meta: [AtomicU64; 2],
+    // lines 4 and 5
     pub sel_addr: [[AtomicU64; 2]; MAX_SELECTORS],
-    pub _pad3: [AtomicU64; 2],
 }
 
 pub const RECORD_SIZE: usize = 384;
@@ -239,7 +247,9 @@ impl SadbLayout {
         let spi_in = [table(spi_buckets), table(spi_buckets)];
         let spi_out = [table(spi_buckets), table(spi_buckets)];
         let lpm = [table(lpm_buckets), table(lpm_buckets)];
-        Some(SadbLayout { capacity, spi_buckets, lpm_buckets, records, spi_in, spi_out, lpm, total: at })
+        // Whole 2 MiB pages, so the segment can live on hugetlbfs.
+        let total = align_up(at, 2 << 20);
+        Some(SadbLayout { capacity, spi_buckets, lpm_buckets, records, spi_in, spi_out, lpm, total })
     }
 
     /// The default tables for a capacity: SPI tables twice, the LPM table four times
@@ -280,7 +290,7 @@ impl DpLayout {
         let rings = align_up(workers + max_workers * core::mem::size_of::<WorkerSlot>(), 4096);
         let ring_bytes = core::mem::size_of::<RingHeader>() + ring_entries * core::mem::size_of::<EventSlot>();
         let resv = align_up(rings + max_workers * ring_bytes, 4096);
-        let total = align_up(resv + resv_buckets * core::mem::size_of::<ResvEntry>(), 4096);
+        let total = align_up(resv + resv_buckets * core::mem::size_of::<ResvEntry>(), 2 << 20);
         Some(DpLayout { max_workers, ring_entries, resv_buckets, workers, rings, resv, total })
     }
 

@@ -149,6 +149,19 @@ pub fn encode(r: &SaRecord, p: &SaParams, uid: u64) {
         let v = (0..4).fold(0u64, |acc, j| acc | u64::from(metas[k * 4 + j]) << (16 * j));
         w.store(v, Relaxed);
     }
+    // The first peer selector again, in the line lookups read.
+    let nl = p.selectors.local.len();
+    match p.selectors.peer.first() {
+        Some(s) => {
+            r.peer0_meta.store(u32::from(metas[nl]), Relaxed);
+            store_addr(&r.peer0_addr, &s.addr());
+        }
+        None => {
+            r.peer0_meta.store(0, Relaxed);
+            r.peer0_addr[0].store(0, Relaxed);
+            r.peer0_addr[1].store(0, Relaxed);
+        }
+    }
     r.sel_counts.store(p.selectors.local.len() as u32 | (p.selectors.peer.len() as u32) << 8, Relaxed);
 }
 
@@ -283,21 +296,23 @@ impl LpmKey {
 }
 
 /// Does the record list `key` among its peer selectors (what outbound lookups match)?
+/// The first peer selector is checked in the record's first line; others further on.
 #[inline]
 pub fn has_peer_selector(r: &SaRecord, key: &LpmKey) -> bool {
+    let want = sel::USED | sel::PEER | u16::from(key.len) | if key.v6 { sel::V6 } else { 0 };
+    let a = if key.v6 { key.addr } else { key.addr << 96 };
+    let addr_of =
+        |w: &[core::sync::atomic::AtomicU64; 2]| u128::from(w[0].load(Relaxed)) << 64 | u128::from(w[1].load(Relaxed));
+    if r.peer0_meta.load(Relaxed) == u32::from(want) && addr_of(&r.peer0_addr) == a {
+        return true;
+    }
     let counts = r.sel_counts.load(Relaxed);
     let (nl, np) = ((counts & 0xff) as usize, ((counts >> 8) & 0xff) as usize);
+    if np < 2 {
+        return false;
+    }
     let metas = sel_metas(r);
-    let want = sel::USED | sel::PEER | u16::from(key.len) | if key.v6 { sel::V6 } else { 0 };
-    (nl..(nl + np).min(MAX_SELECTORS)).any(|i| {
-        metas[i] == want && {
-            let hi = r.sel_addr[i][0].load(Relaxed);
-            let lo = r.sel_addr[i][1].load(Relaxed);
-            let stored = u128::from(hi) << 64 | u128::from(lo);
-            let a = if key.v6 { key.addr } else { key.addr << 96 };
-            stored == a
-        }
-    })
+    (nl + 1..(nl + np).min(MAX_SELECTORS)).any(|i| metas[i] == want && addr_of(&r.sel_addr[i]) == a)
 }
 
 /// The keys an SA is selected by when outbound, without duplicates.

@@ -291,7 +291,7 @@ fn corrupt_records_and_indexes_are_not_followed() {
     let rec_off = r.db().layout().records as u64 + u64::from(f.slot) * RECORD_SIZE as u64;
     // Scribble the key length: the record is found but refuses to decode.
     let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.seek(SeekFrom::Start(rec_off + 64 + 44)).unwrap();
+    file.seek(SeekFrom::Start(rec_off + natt_sadb::layout::KEY_LEN_OFFSET as u64)).unwrap();
     file.write_all(&200u32.to_le_bytes()).unwrap();
     assert!(r.decode(f.slot).unwrap_err().to_string().contains("key length 200"));
     // An index entry pointing past the records is skipped.
