@@ -8,6 +8,7 @@ network sends back (plain.pcap). The ESP in natt.pcap is made by scapy, not by u
 Deterministic: keys, IVs and timestamps are fixed, so the files only change when this
 script does."""
 
+import hashlib
 import json
 import os
 import struct
@@ -22,7 +23,12 @@ MAC_GW, MAC_US = "02:00:00:00:00:fe", "02:00:00:00:00:01"
 
 
 def key(seed, n):
-    return bytes((seed * 31 + i * 17) & 0xFF for i in range(n + 4))
+    """Key and salt (the last 4 bytes) for the SA with SPI `seed`: distinct per SA, as they
+    must be (two SAs with one key and salt would repeat AES-GCM nonces)."""
+    out = b""
+    while len(out) < n + 4:
+        out += hashlib.sha256(b"natt sample %d %d" % (seed, len(out))).digest()
+    return out[: n + 4]
 
 
 CLIENTS = [

@@ -71,6 +71,7 @@ impl DpSegment {
             let s = seg.worker(w);
             s.active.store(0, SeqCst);
             s.seen_gen.store(0, Relaxed);
+            seg.counters(w).reset();
             let r = seg.ring(w);
             r.head.0.store(0, Relaxed);
             r.tail.0.store(0, Relaxed);
@@ -137,6 +138,26 @@ impl DpSegment {
     fn ring_slots(&self, i: usize) -> &[EventSlot] {
         let off = self.layout.ring(i % self.layout.max_workers) + core::mem::size_of::<RingHeader>();
         self.map.slice(off, self.layout.ring_entries).expect("in layout")
+    }
+
+    /// Worker `i`'s counter block.
+    pub fn counters(&self, i: usize) -> crate::stats::Block<'_> {
+        let off = self.layout.counters + (i % self.layout.max_workers) * crate::stats::SLOTS * 8;
+        crate::stats::Block { c: self.map.slice(off, crate::stats::SLOTS).expect("in layout") }
+    }
+
+    /// Every active worker's counters, added up, and each worker's on its own.
+    pub fn totals(&self) -> (crate::stats::Totals, Vec<(usize, crate::stats::Totals)>) {
+        let mut all = crate::stats::Totals::default();
+        let mut each = Vec::new();
+        for w in 0..(self.header().workers.load(Relaxed) as usize).min(self.layout.max_workers) {
+            let snap = self.counters(w).snapshot();
+            all.add(&snap);
+            let mut t = crate::stats::Totals::default();
+            t.add(&snap);
+            each.push((w, t));
+        }
+        (all, each)
     }
 
     /// Dataplane: a worker starts. Marks it active before it reads any generation, so the

@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const SADB_MAGIC: u64 = u64::from_be_bytes(*b"NATTSADB");
 pub const DP_MAGIC: u64 = u64::from_be_bytes(*b"NATTDPSG");
 /// Bumped on any change to either layout.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Offset of `SaRecord::key_len` (tests corrupt it on purpose).
 pub const KEY_LEN_OFFSET: usize = 64 + 44;
@@ -268,6 +268,7 @@ pub struct DpLayout {
     pub ring_entries: usize,
     pub resv_buckets: usize,
     pub workers: usize,
+    pub counters: usize,
     pub rings: usize,
     pub resv: usize,
     pub total: usize,
@@ -275,6 +276,13 @@ pub struct DpLayout {
 
 impl DpLayout {
     pub const MAX_WORKERS: usize = 128;
+
+    /// The layout the dataplane uses: 64 workers, 1024 events per worker ring, and
+    /// reservations for about a million outbound SAs (sparse in the file until used). A
+    /// segment of another layout is refused, not resized: it holds reservations.
+    pub fn standard() -> Self {
+        Self::new(64, 1024, 1 << 21).expect("valid")
+    }
 
     pub fn new(max_workers: usize, ring_entries: usize, resv_buckets: usize) -> Option<Self> {
         if max_workers == 0
@@ -287,11 +295,12 @@ impl DpLayout {
             return None;
         }
         let workers = align_up(core::mem::size_of::<DpHeader>(), 4096);
-        let rings = align_up(workers + max_workers * core::mem::size_of::<WorkerSlot>(), 4096);
+        let counters = align_up(workers + max_workers * core::mem::size_of::<WorkerSlot>(), 4096);
+        let rings = align_up(counters + max_workers * crate::stats::SLOTS * 8, 4096);
         let ring_bytes = core::mem::size_of::<RingHeader>() + ring_entries * core::mem::size_of::<EventSlot>();
         let resv = align_up(rings + max_workers * ring_bytes, 4096);
         let total = align_up(resv + resv_buckets * core::mem::size_of::<ResvEntry>(), 2 << 20);
-        Some(DpLayout { max_workers, ring_entries, resv_buckets, workers, rings, resv, total })
+        Some(DpLayout { max_workers, ring_entries, resv_buckets, workers, counters, rings, resv, total })
     }
 
     pub fn ring(&self, worker: usize) -> usize {

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod map;
 pub mod reader;
 pub mod record;
+pub mod stats;
 pub mod writer;
 
 pub use db::{AttachError, Sadb};

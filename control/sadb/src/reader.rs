@@ -148,6 +148,12 @@ impl Reader {
         }
     }
 
+    /// The SPI of the SA in `slot` (to find the worker that owns it).
+    #[inline]
+    pub fn spi(&self, slot: u32) -> Option<u32> {
+        self.db.record(slot).map(|r| r.spi.load(Relaxed))
+    }
+
     /// The uid now in `slot` (to check a cached runtime against).
     #[inline]
     pub fn uid(&self, slot: u32) -> Option<u64> {

@@ -119,5 +119,6 @@ fn restarts_resume_above_every_number_possibly_used() {
         assert!(reserved >= first, "round {round}");
         previous = Some(reserved);
     }
-    assert!(previous.unwrap() > 6 * natt_engine::outbound::SEQ_BLOCK, "several blocks were used");
+    // Each restart begins a fresh block above everything reserved before.
+    assert!(previous.unwrap() >= 6 * natt_engine::outbound::SEQ_BLOCK, "every restart used a new block");
 }

@@ -6,7 +6,7 @@ use crate::counters::Counters;
 use crate::crypto::{Backend, Ring};
 use crate::event::{Event, EventKind, ExpiryCause, Host, Limit};
 use crate::reassembly::{Reassembler, ReassemblyConfig};
-use crate::sa::{Direction, SaEntry, SaParams, SaRuntime, SaTable, TableError};
+use crate::sa::{Direction, SaEntry, SaParams, SaRuntime, SaStore, SaTable, TableError};
 use crate::wire::esp::NATT_PORT;
 
 /// Packets processed per stage pass; longer slices are processed in chunks of this.
@@ -27,10 +27,11 @@ impl Default for EngineConfig {
 }
 
 /// One worker's protocol state. Single-owner: every method takes `&mut self` or `&self`,
-/// nothing inside is shared or locked.
-pub struct Engine<B: Backend = Ring> {
+/// nothing inside is shared or locked. `S` is where SAs come from: the engine's own table
+/// by default, the shared table in the dataplane.
+pub struct Engine<B: Backend = Ring, S: SaStore<B::Key> = SaTable<<B as Backend>::Key>> {
     pub(crate) cfg: EngineConfig,
-    pub(crate) sas: SaTable<B::Key>,
+    pub(crate) sas: S,
     pub(crate) reasm: Reassembler,
     pub(crate) counters: Counters,
     pub(crate) ip_ident: u16,
@@ -39,6 +40,89 @@ pub struct Engine<B: Backend = Ring> {
     /// Per-burst scratch of the pipelines, allocated once.
     pub(crate) in_meta: Option<Box<[crate::inbound::Meta; MAX_BURST]>>,
     pub(crate) out_meta: Option<Box<[crate::outbound::Meta; MAX_BURST]>>,
+    _backend: core::marker::PhantomData<fn() -> B>,
+}
+
+impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
+    /// An engine over `store`, recognising ESP-in-UDP on port 4500 and `extra_ports`.
+    pub fn with_store(cfg: EngineConfig, store: S, extra_ports: &[u16]) -> Self {
+        let mut natt_ports = vec![NATT_PORT];
+        for p in extra_ports {
+            if !natt_ports.contains(p) {
+                natt_ports.push(*p);
+            }
+        }
+        Engine {
+            cfg,
+            sas: store,
+            reasm: Reassembler::new(cfg.reassembly),
+            counters: Counters::default(),
+            ip_ident: 0,
+            natt_ports,
+            in_meta: Some(Box::new([crate::inbound::EMPTY; MAX_BURST])),
+            out_meta: Some(Box::new([crate::outbound::EMPTY; MAX_BURST])),
+            _backend: core::marker::PhantomData,
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &S {
+        &self.sas
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.sas
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn reassembler(&self) -> &Reassembler {
+        &self.reasm
+    }
+
+    /// Discard fragments whose datagram timed out; call when idle.
+    pub fn expire(&mut self, now: u64) {
+        let n = self.reasm.expire(now);
+        self.counters.drops[crate::reason::DropReason::FragTimeout as usize] += u64::from(n);
+    }
+
+    /// Count a drop that happened around the engine (buffers, rings, ports), so that one
+    /// set of counters tells every packet's fate.
+    #[inline]
+    pub fn count_drop(&mut self, r: crate::reason::DropReason) {
+        self.counters.drop(r);
+    }
+
+    /// Count packets received but handled around the engine (dropped or handed to
+    /// another worker before the engine saw them).
+    #[inline]
+    pub fn count_received(&mut self, packets: u64, bytes: u64) {
+        self.counters.in_packets += packets;
+        self.counters.in_bytes += bytes;
+    }
+
+    /// The same for packets from the protected side (counted with `encap_burst`'s input).
+    #[inline]
+    pub fn count_received_out(&mut self, packets: u64, bytes: u64) {
+        self.counters.out_packets += packets;
+        self.counters.out_bytes += bytes;
+    }
+
+    #[inline]
+    pub(crate) fn is_natt_port(&self, port: u16) -> bool {
+        port == NATT_PORT || self.natt_ports.contains(&port)
+    }
+
+    #[inline]
+    pub(crate) fn next_ident(&mut self) -> u16 {
+        self.ip_ident = self.ip_ident.wrapping_add(1);
+        self.ip_ident
+    }
 }
 
 impl<B: Backend> Engine<B> {
@@ -52,6 +136,7 @@ impl<B: Backend> Engine<B> {
             natt_ports: vec![NATT_PORT],
             in_meta: Some(Box::new([crate::inbound::EMPTY; MAX_BURST])),
             out_meta: Some(Box::new([crate::outbound::EMPTY; MAX_BURST])),
+            _backend: core::marker::PhantomData,
         }
     }
 
@@ -62,10 +147,6 @@ impl<B: Backend> Engine<B> {
             e.add_sa(p)?;
         }
         Ok(e)
-    }
-
-    pub fn config(&self) -> &EngineConfig {
-        &self.cfg
     }
 
     pub fn add_sa(&mut self, p: SaParams) -> Result<(), TableError> {
@@ -116,31 +197,6 @@ impl<B: Backend> Engine<B> {
 
     pub fn sas(&self) -> &SaTable<B::Key> {
         &self.sas
-    }
-
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    pub fn reassembler(&self) -> &Reassembler {
-        &self.reasm
-    }
-
-    /// Discard fragments whose datagram timed out; call when idle.
-    pub fn expire(&mut self, now: u64) {
-        let n = self.reasm.expire(now);
-        self.counters.drops[crate::reason::DropReason::FragTimeout as usize] += u64::from(n);
-    }
-
-    #[inline]
-    pub(crate) fn is_natt_port(&self, port: u16) -> bool {
-        port == NATT_PORT || self.natt_ports.contains(&port)
-    }
-
-    #[inline]
-    pub(crate) fn next_ident(&mut self) -> u16 {
-        self.ip_ident = self.ip_ident.wrapping_add(1);
-        self.ip_ident
     }
 }
 

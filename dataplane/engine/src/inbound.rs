@@ -11,7 +11,7 @@ use crate::event::{Event, EventKind, Host};
 use crate::reason::{DropReason, PuntReason};
 use crate::reassembly::{FragOutcome, Fragment};
 use crate::replay::ReplayError;
-use crate::sa::{Direction, Endpoint, Mode, SaRuntime};
+use crate::sa::{Direction, Endpoint, Mode, SaRuntime, SaStore};
 use crate::wire::esp::{self, ICV_LEN, NattKind, PREFIX_LEN};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::{WireError, be32, checksum, ipv4, ipv6, proto, udp};
@@ -31,6 +31,20 @@ pub enum InVerdict {
     Punt(PuntReason),
     /// A fragment kept for reassembly; the buffer may be reused.
     Held,
+    Drop(DropReason),
+}
+
+/// What `Engine::reassemble` did with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reassembly {
+    /// Not a fragment: process it as it is.
+    NotFragment,
+    /// A fragment, kept; the buffer may be reused.
+    Held,
+    /// The last fragment: the buffer now holds the whole datagram.
+    Complete,
+    /// A fragment of another protocol, for the host stack.
+    Punt(PuntReason),
     Drop(DropReason),
 }
 
@@ -96,7 +110,7 @@ pub(crate) const EMPTY: Meta = Meta {
 
 const NO_SLOT: u32 = u32::MAX;
 
-impl<B: Backend> Engine<B> {
+impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     /// Decapsulate a burst in place. `results[i]` receives the verdict for `pkts[i]`;
     /// `now` is a monotonic time in nanoseconds (for fragment timeouts).
     pub fn decap_burst<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], now: u64, results: &mut [InResult], events: &mut E)
@@ -138,8 +152,13 @@ impl<B: Backend> Engine<B> {
         }
 
         // Stage 2: SA lookup, in a tight loop so the lookups of a burst overlap.
-        for m in meta.iter_mut().filter(|m| m.live) {
-            m.slot = self.sas.inbound_slot(m.spi).unwrap_or(NO_SLOT);
+        for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
+            if m.live {
+                match self.sas.inbound(m.spi) {
+                    Ok(slot) => m.slot = slot,
+                    Err(r) => self.settle_in(res, m, InVerdict::Drop(r)),
+                }
+            }
         }
 
         // Stage 3: every check that needs no crypto.
@@ -168,6 +187,65 @@ impl<B: Backend> Engine<B> {
         self.in_meta = Some(scratch);
     }
 
+    /// Reassemble only: if `pkt` is an outer IPv4 or IPv6 fragment of UDP or ESP, add it to
+    /// the reassembly table; when it completes a datagram, the datagram replaces it in the
+    /// buffer. Lets a dataplane gather fragments on one worker and then hand the whole
+    /// datagram to the worker that owns its SA. Fragments held or dropped here are
+    /// counted as received; a completed datagram is counted when it is decapsulated.
+    pub fn reassemble<Buf>(&mut self, pkt: &mut PktBuf<Buf>, now: u64) -> Reassembly
+    where
+        Buf: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        self.expire(now);
+        let len = pkt.len() as u64;
+        let Ok(l2) = ethernet::Frame::new_checked(pkt.data()).and_then(|f| f.info()) else {
+            return Reassembly::NotFragment;
+        };
+        let mut m = EMPTY;
+        m.l3 = usize::from(l2.l3_offset);
+        let fragment = match l2.ethertype {
+            ethertype::IPV4 => ipv4::Packet::new_checked(&pkt.data()[m.l3..]).is_ok_and(|ip| ip.repr().is_fragment()),
+            ethertype::IPV6 => ipv6::Packet::new_checked(&pkt.data()[m.l3..])
+                .ok()
+                .and_then(|ip| ipv6::walk(&pkt.data()[m.l3..m.l3 + ip.total_len()]).ok())
+                .and_then(|c| c.frag)
+                .is_some_and(|f| f.offset != 0 || f.more),
+            _ => false,
+        };
+        if !fragment {
+            return Reassembly::NotFragment;
+        }
+        let r = if l2.ethertype == ethertype::IPV4 {
+            self.parse_v4(now, pkt, &mut m)
+        } else {
+            self.parse_v6(now, pkt, &mut m)
+        };
+        match r {
+            // Completed: the datagram now fills the buffer; counted when decapsulated.
+            Ok(None) => Reassembly::Complete,
+            Ok(Some(_)) => Reassembly::NotFragment,
+            Err(v) => {
+                self.counters.in_packets += 1;
+                self.counters.in_bytes += len;
+                match v {
+                    InVerdict::Held => {
+                        self.counters.frag_held += 1;
+                        Reassembly::Held
+                    }
+                    InVerdict::Drop(r) => {
+                        self.counters.drop(r);
+                        Reassembly::Drop(r)
+                    }
+                    InVerdict::Punt(p) => {
+                        self.counters.punts[p as usize] += 1;
+                        Reassembly::Punt(p)
+                    }
+                    _ => Reassembly::NotFragment,
+                }
+            }
+        }
+    }
+
     /// Record a final verdict and count it.
     fn settle_in(&mut self, res: &mut InResult, m: &mut Meta, v: InVerdict) {
         m.live = false;
@@ -176,7 +254,7 @@ impl<B: Backend> Engine<B> {
             InVerdict::Drop(r) => {
                 self.counters.drop(r);
                 if m.slot != NO_SLOT {
-                    if let Some(e) = self.sas.get_mut(m.slot) {
+                    if let Some(e) = self.sas.entry_mut(m.slot) {
                         e.rt.count_drop(r);
                     }
                 }
@@ -399,7 +477,7 @@ impl<B: Backend> Engine<B> {
     // ---- stage 3 ----
 
     fn precheck(&mut self, d: &[u8], m: &mut Meta) -> Result<(), DropReason> {
-        let sa = &self.sas.get(m.slot).ok_or(DropReason::NoSa)?.rt;
+        let sa = &self.sas.entry(m.slot).ok_or(DropReason::NoSa)?.rt;
         if sa.expired {
             return Err(DropReason::SaExpired);
         }
@@ -434,7 +512,7 @@ impl<B: Backend> Engine<B> {
     where
         Buf: AsRef<[u8]> + AsMut<[u8]>,
     {
-        let Some(e) = self.sas.get(m.slot) else { return false };
+        let Some(e) = self.sas.entry(m.slot) else { return false };
         let sa = &e.rt;
         let h = pkt.head();
         let raw = pkt.raw_mut();
@@ -477,8 +555,16 @@ impl<B: Backend> Engine<B> {
         E: Host,
     {
         let Engine { sas, counters, .. } = self;
-        let Some(e) = sas.get_mut(m.slot) else { return InVerdict::Drop(DropReason::NoSa) };
+        let Some(e) = sas.entry_mut(m.slot) else { return InVerdict::Drop(DropReason::NoSa) };
         let sa = &mut e.rt;
+        // Checked again: an earlier packet of this burst may have carried the same number
+        // (the pre-crypto check saw the window as it was before the burst).
+        if let Err(e) = sa.replay.check(m.seq) {
+            return InVerdict::Drop(match e {
+                ReplayError::Duplicate => DropReason::ReplayDuplicate,
+                ReplayError::Stale => DropReason::ReplayStale,
+            });
+        }
         let advanced = sa.replay.accept(m.seq);
 
         // The peer's NAT mapping, from authenticated packets that advance the window
@@ -503,7 +589,7 @@ impl<B: Backend> Engine<B> {
         };
         if let Some((old, pair)) = moved {
             counters.nat_changes += 1;
-            let updated = pair.and_then(|p| follow_nat(sas, p, seen));
+            let updated = pair.filter(|p| sas.follow_nat(*p, seen));
             events.event(Event {
                 spi,
                 direction: Direction::Inbound,
@@ -512,17 +598,6 @@ impl<B: Backend> Engine<B> {
         }
         verdict
     }
-}
-
-/// Point the outbound SA `spi` at the peer's new NAT endpoint. Returns its SPI.
-fn follow_nat<K: AeadKey>(sas: &mut crate::sa::SaTable<K>, spi: u32, to: Endpoint) -> Option<u32> {
-    let slot = sas.outbound_slot(spi)?;
-    let out = &mut sas.get_mut(slot)?.rt;
-    if out.endpoint.addr.is_ipv4() != to.addr.is_ipv4() {
-        return None;
-    }
-    out.endpoint = Endpoint { addr: to.addr, port: if out.encap.is_some() { to.port } else { 0 } };
-    Some(spi)
 }
 
 /// Check the trailer and the inner packet and rewrite the frame around it. Returns the

@@ -31,7 +31,7 @@ pub use buf::PktBuf;
 pub use counters::Counters;
 pub use engine::{Engine, EngineConfig, MAX_BURST};
 pub use event::{Event, EventKind, Host};
-pub use inbound::{InResult, InVerdict};
+pub use inbound::{InResult, InVerdict, Reassembly};
 pub use outbound::{OutResult, OutVerdict};
 pub use reason::{DropReason, PuntReason};
 pub use sa::{Direction, SaParams};

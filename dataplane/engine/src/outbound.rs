@@ -9,7 +9,7 @@ use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account, expire};
 use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
 use crate::reason::{DropReason, PuntReason};
-use crate::sa::{DfPolicy, Endpoint, Mode};
+use crate::sa::{DfPolicy, Endpoint, Mode, SaStore};
 use crate::wire::esp::{self, ICV_LEN, PREFIX_LEN, TRAILER_LEN};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::{WireError, checksum, ipv4, ipv6, proto, udp};
@@ -101,7 +101,7 @@ const NO_SLOT: u32 = u32::MAX;
 /// Sequence numbers reserved at a time (see `Host::reserve_seq`).
 pub const SEQ_BLOCK: u64 = 1 << 16;
 
-impl<B: Backend> Engine<B> {
+impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     /// Encapsulate a burst in place. `results[i]` receives the verdict for `pkts[i]`.
     pub fn encap_burst<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], results: &mut [OutResult], events: &mut E)
     where
@@ -141,8 +141,16 @@ impl<B: Backend> Engine<B> {
 
         // Stage 2: select the SA by destination, in a tight loop so the lookups of a
         // burst overlap; check the source against its selectors.
-        for m in meta.iter_mut().filter(|m| m.live) {
-            m.slot = self.sas.select_outbound(&m.dst).unwrap_or(NO_SLOT);
+        for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
+            if m.live {
+                match self.sas.outbound(&m.dst) {
+                    Ok(slot) => m.slot = slot,
+                    Err(r) => {
+                        m.live = false;
+                        self.settle_out(res, m, OutVerdict::Drop(r));
+                    }
+                }
+            }
         }
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
             if m.live {
@@ -187,7 +195,7 @@ impl<B: Backend> Engine<B> {
             OutVerdict::Drop(r) => {
                 self.counters.drop(r);
                 if m.slot != NO_SLOT {
-                    if let Some(e) = self.sas.get_mut(m.slot) {
+                    if let Some(e) = self.sas.entry_mut(m.slot) {
                         e.rt.count_drop(r);
                     }
                 }
@@ -243,7 +251,7 @@ impl<B: Backend> Engine<B> {
     // ---- stage 2 ----
 
     fn select(&self, m: &mut Meta, res: &mut OutResult) -> Result<(), DropReason> {
-        let e = self.sas.get(m.slot).ok_or(DropReason::NoOutboundSa)?;
+        let e = self.sas.entry(m.slot).ok_or(DropReason::NoOutboundSa)?;
         res.spi = Some(e.rt.spi);
         if e.rt.mode == Mode::Tunnel && !e.rt.sel_local.contains(&m.src) {
             return Err(DropReason::SelectorMismatch);
@@ -264,7 +272,7 @@ impl<B: Backend> Engine<B> {
         events: &mut E,
     ) -> Result<(), DropReason> {
         let mtu = self.cfg.mtu;
-        let e = self.sas.get_mut(m.slot).ok_or(DropReason::NoOutboundSa)?;
+        let e = self.sas.entry_mut(m.slot).ok_or(DropReason::NoOutboundSa)?;
         let sa = &mut e.rt;
         if sa.expired {
             return Err(DropReason::SaExpired);
@@ -336,7 +344,7 @@ impl<B: Backend> Engine<B> {
     where
         Buf: AsRef<[u8]> + AsMut<[u8]>,
     {
-        let Some(e) = self.sas.get(m.slot) else { return };
+        let Some(e) = self.sas.entry(m.slot) else { return };
         let sa = &e.rt;
         let h = pkt.head();
         let raw = pkt.raw_mut();
@@ -408,7 +416,7 @@ impl<B: Backend> Engine<B> {
         Buf: AsRef<[u8]> + AsMut<[u8]>,
     {
         let ident = self.next_ident();
-        let Some(e) = self.sas.get(m.slot) else { return };
+        let Some(e) = self.sas.entry(m.slot) else { return };
         let sa = &e.rt;
         let h = pkt.head();
         let at = |off: isize| (h as isize + off) as usize;

@@ -68,6 +68,12 @@ drop_reasons! {
     NoTailroom = "no_tailroom", Sa, "buffer tailroom too small for the ESP trailer and ICV";
     MtuExceeded = "mtu_exceeded", Sa, "encapsulated packet would exceed the public MTU";
     TransportExtHeaders = "transport_ext_headers", Sa, "IPv6 packet with extension headers on a transport-mode SA";
+    MultiSegment = "multi_segment", Dataplane, "multi-segment packet too big for one mbuf, or no mbuf free to linearise it into";
+    SaInvalid = "sa_invalid", Dataplane, "the shared SA table holds a record that fails validation (corrupt, or from another build)";
+    HandoffFull = "handoff_full", Dataplane, "the ring to the worker that owns the SA was full";
+    TxFull = "tx_full", Dataplane, "the port's TX queue stayed full; the packet could not be sent";
+    NoPuntPort = "no_punt_port", Dataplane, "IKE or host traffic, but no kernel interface is configured to take it (--punt)";
+    NotOwner = "not_owner", Dataplane, "the SA belongs to another worker (the table changed while the packet was on its way)";
 }
 
 const fn sa_slots() -> ([u8; DropReason::COUNT], usize) {

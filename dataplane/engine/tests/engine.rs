@@ -219,6 +219,26 @@ fn forged_packet_does_not_move_the_window() {
 }
 
 #[test]
+fn a_duplicate_within_one_burst_is_a_replay() {
+    // The pre-crypto check sees the window as it was before the burst; the second copy
+    // must still be refused when the first has been accepted.
+    let s = Setup::default();
+    let mut client = s.client();
+    let mut headend = s.headend();
+    let (_, esp1, _) = encap(&mut client, &inner_frames(false)[0]);
+    let (_, esp2, _) = encap(&mut client, &inner_frames(false)[1]);
+    let frames = [&esp1, &esp2, &esp1, &esp2, &esp1];
+    let mut pkts: Vec<_> = frames.iter().map(|f| PktBuf::from_frame(f, HEADROOM, TAILROOM)).collect();
+    let mut res = vec![natt_engine::InResult::default(); frames.len()];
+    headend.decap_burst(&mut pkts, 0, &mut res, &mut Vec::new());
+    let v: Vec<_> = res.iter().map(|r| r.verdict).collect();
+    let dup = InVerdict::Drop(DropReason::ReplayDuplicate);
+    assert_eq!(v, [InVerdict::Tunnel, InVerdict::Tunnel, dup, dup, dup]);
+    let st = &headend.sa(Direction::Inbound, SPI_IN).unwrap().rt.stats;
+    assert_eq!((st.packets, st.drop_count(DropReason::ReplayDuplicate)), (2, 3));
+}
+
+#[test]
 fn replay_window_off_accepts_repeats() {
     let s = Setup { replay_window: 0, ..Setup::default() };
     let mut client = s.client();
@@ -624,4 +644,35 @@ fn sequence_numbers_are_reserved_in_blocks_before_use() {
     // Fingerprints tell keys apart.
     let other = natt_engine::crypto::key_fingerprint(&[1; 16], &[0; 4]);
     assert_ne!(fp, other);
+}
+
+#[test]
+fn reassembly_on_its_own_then_decapsulation() {
+    use natt_engine::Reassembly;
+    let s = Setup::default();
+    let mut client = s.client();
+    let mut headend = s.headend();
+    let f = &inner_frames(false)[7];
+    let (_, esp, _) = encap(&mut client, f);
+    let frags = fragment4(&esp, 600);
+    let mut bufs: Vec<_> = frags.iter().map(|x| PktBuf::from_frame(x, 128, 2048)).collect();
+    assert_eq!(headend.reassemble(&mut bufs[1], 0), Reassembly::Held);
+    assert_eq!(headend.reassemble(&mut bufs[0], 0), Reassembly::Held);
+    assert_eq!(headend.reassemble(&mut bufs[2], 0), Reassembly::Complete);
+    // The buffer now holds the whole ESP datagram (its IPv4 header is the first
+    // fragment's, so DF is clear); it decapsulates like any packet.
+    assert_eq!(bufs[2].len(), esp.len());
+    assert_eq!(&bufs[2].data()[34..], &esp[34..]);
+    assert_eq!(&bufs[2].data()[16..18], &esp[16..18], "total length");
+    let mut done = [PktBuf::from_frame(bufs[2].data(), 128, 64)];
+    let mut res = [natt_engine::InResult::default()];
+    headend.decap_burst(&mut done, 0, &mut res, &mut Vec::new());
+    assert_eq!(res[0].verdict, InVerdict::Tunnel);
+    assert_eq!(done[0].data(), &ttl_minus_one(f)[..]);
+    // Not a fragment: untouched.
+    let mut plain = PktBuf::from_frame(&esp, 128, 64);
+    assert_eq!(headend.reassemble(&mut plain, 0), Reassembly::NotFragment);
+    // Every frame is accounted for: three fragments in, one datagram out, two absorbed.
+    let c = headend.counters();
+    assert_eq!((c.in_packets, c.decap_packets, c.frag_absorbed, c.frag_held), (3, 1, 2, 2));
 }

@@ -5,9 +5,11 @@ pub mod config;
 pub mod params;
 pub mod prefix;
 pub mod runtime;
+pub mod store;
 pub mod table;
 
 pub use params::{Algorithm, DfPolicy, Direction, Encap, Key, Lifetime, Mode, SaParams, Selectors};
 pub use prefix::IpPrefix;
 pub use runtime::{Endpoint, SaRuntime, SaStats};
+pub use store::SaStore;
 pub use table::{SaEntry, SaTable, TableError};

@@ -128,6 +128,29 @@ impl<K: AeadKey> SaRuntime<K> {
         })
     }
 
+    /// Send to the peer's new NAT endpoint (outbound SAs). Returns false, changing
+    /// nothing, if it is of another address family.
+    pub fn follow_nat(&mut self, to: Endpoint) -> bool {
+        if self.endpoint.addr.is_ipv4() != to.addr.is_ipv4() {
+            return false;
+        }
+        self.endpoint = Endpoint { addr: to.addr, port: if self.encap.is_some() { to.port } else { 0 } };
+        true
+    }
+
+    /// Carry the running state of `old` (the same SA before a replace with the same key:
+    /// anti-replay window, sequence numbers, NAT endpoint, lifetime counters) into this
+    /// one, so that replacing settings never reopens a window or reuses an IV.
+    pub fn carry_over(&mut self, old: SaRuntime<K>) {
+        self.replay = old.replay;
+        self.seq = self.seq.max(old.seq);
+        self.seq_reserved = self.seq_reserved.max(old.seq_reserved);
+        self.endpoint = old.endpoint;
+        self.expired = old.expired;
+        self.soft_fired = old.soft_fired;
+        self.stats = old.stats;
+    }
+
     /// Count a drop attributed to this SA.
     #[inline]
     pub fn count_drop(&mut self, r: DropReason) {

@@ -1,0 +1,355 @@
+//! Mempools and mbufs. An `Mbuf` owns one packet (freeing it when dropped); a `Burst`
+//! holds up to 64 and frees what is left in one call. The engine sees a single-segment
+//! mbuf as a `PktBuf` over its data room.
+
+use crate::DpdkError;
+use dpdk_sys::rte_mbuf;
+use natt_engine::PktBuf;
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+/// The most packets a burst holds (the engine's burst size).
+pub const BURST_MAX: usize = 64;
+
+/// A pool of packet buffers.
+pub struct Mempool {
+    p: NonNull<dpdk_sys::rte_mempool>,
+}
+
+// SAFETY: DPDK mempools are designed for use from any lcore concurrently (per-lcore caches
+// plus a lock-free ring).
+unsafe impl Send for Mempool {}
+// SAFETY: as above.
+unsafe impl Sync for Mempool {}
+
+impl Mempool {
+    /// `n` mbufs of `data_room` bytes (headroom included) on `socket`.
+    pub fn create(name: &str, n: u32, cache: u32, data_room: u16, socket: i32) -> Result<Mempool, DpdkError> {
+        let cname = CString::new(name).map_err(|_| DpdkError::new("mempool", "name contains a NUL byte"))?;
+        // SAFETY: valid name; the pool lives until the process ends.
+        let p = unsafe { dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, socket) };
+        NonNull::new(p).map(|p| Mempool { p }).ok_or_else(|| {
+            // SAFETY: reads rte_errno.
+            let e = unsafe { dpdk_sys::natt_errno() };
+            DpdkError::new(
+                format!("creating {n} mbufs of {data_room} bytes"),
+                format!(
+                    "{} (not enough hugepage memory? lower --mbufs, or run with more hugepages or --no-huge)",
+                    crate::strerror(e)
+                ),
+            )
+        })
+    }
+
+    pub(crate) fn raw(&self) -> *mut dpdk_sys::rte_mempool {
+        self.p.as_ptr()
+    }
+
+    /// Bytes of each mbuf's data room, headroom included.
+    pub fn data_room(&self) -> u16 {
+        // SAFETY: valid pool.
+        unsafe { dpdk_sys::natt_pktmbuf_data_room(self.raw()) }
+    }
+
+    pub fn available(&self) -> u32 {
+        // SAFETY: valid pool.
+        unsafe { dpdk_sys::rte_mempool_avail_count(self.raw()) }
+    }
+
+    pub fn in_use(&self) -> u32 {
+        // SAFETY: valid pool.
+        unsafe { dpdk_sys::rte_mempool_in_use_count(self.raw()) }
+    }
+
+    /// One fresh mbuf, if any is free.
+    pub fn alloc(&self) -> Option<Mbuf> {
+        let mut p: *mut rte_mbuf = std::ptr::null_mut();
+        // SAFETY: writes one pointer into `p` on success.
+        let rc = unsafe { dpdk_sys::natt_pktmbuf_alloc_bulk(self.raw(), &mut p, 1) };
+        if rc == 0 { NonNull::new(p).map(Mbuf) } else { None }
+    }
+}
+
+const IND_OR_EXT: u64 = dpdk_sys::RTE_MBUF_F_INDIRECT | dpdk_sys::RTE_MBUF_F_EXTERNAL;
+
+/// One packet, owned.
+#[repr(transparent)]
+pub struct Mbuf(NonNull<rte_mbuf>);
+
+// SAFETY: an mbuf may be handed to another lcore (rings do exactly that); ownership moves
+// with the value.
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    #[inline]
+    fn m(&self) -> &rte_mbuf {
+        // SAFETY: we own a valid mbuf.
+        unsafe { self.0.as_ref() }
+    }
+
+    #[inline]
+    fn m_mut(&mut self) -> &mut rte_mbuf {
+        // SAFETY: we own a valid mbuf exclusively.
+        unsafe { self.0.as_mut() }
+    }
+
+    pub(crate) fn into_raw(self) -> *mut rte_mbuf {
+        let p = self.0.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+
+    /// # Safety
+    /// `p` is a valid mbuf the caller owns and gives up.
+    pub(crate) unsafe fn from_raw(p: *mut rte_mbuf) -> Option<Mbuf> {
+        NonNull::new(p).map(Mbuf)
+    }
+
+    #[inline]
+    pub fn segments(&self) -> u16 {
+        self.m().nb_segs
+    }
+
+    #[inline]
+    pub fn pkt_len(&self) -> u32 {
+        self.m().pkt_len
+    }
+
+    #[inline]
+    pub fn data_len(&self) -> u16 {
+        self.m().data_len
+    }
+
+    #[inline]
+    pub fn ol_flags(&self) -> u64 {
+        self.m().ol_flags
+    }
+
+    #[inline]
+    pub fn port(&self) -> u16 {
+        self.m().port
+    }
+
+    /// A plain buffer: one segment, not attached to another mbuf or an external buffer,
+    /// not shared. Only such an mbuf is changed in place.
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        let m = self.m();
+        m.nb_segs == 1 && m.next.is_null() && m.ol_flags & IND_OR_EXT == 0 && m.refcnt == 1
+    }
+
+    /// The frame (first segment).
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        let m = self.m();
+        // SAFETY: [buf_addr + data_off, + data_len) is the first segment's data, inside
+        // the buffer, valid while we own the mbuf.
+        unsafe {
+            std::slice::from_raw_parts(m.buf_addr.cast::<u8>().add(usize::from(m.data_off)), usize::from(m.data_len))
+        }
+    }
+
+    /// The frame, writable, if the mbuf is plain (see `is_plain`).
+    #[inline]
+    pub fn data_mut(&mut self) -> Option<&mut [u8]> {
+        if !self.is_plain() {
+            return None;
+        }
+        let m = self.m_mut();
+        // SAFETY: as in `data`; a plain mbuf's buffer is ours alone and the slice borrows
+        // the mbuf mutably.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(
+                m.buf_addr.cast::<u8>().add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
+        })
+    }
+
+    /// The data room and the frame's place in it, for the engine. `None` unless plain.
+    #[inline]
+    pub fn pkt_buf(&mut self) -> Option<PktBuf<&mut [u8]>> {
+        if !self.is_plain() {
+            return None;
+        }
+        let m = self.m_mut();
+        let (head, len) = (usize::from(m.data_off), usize::from(m.data_len));
+        // SAFETY: a plain mbuf's buffer [buf_addr, buf_addr + buf_len) belongs to this mbuf
+        // alone (refcnt 1, not indirect or external); we own the mbuf and the returned
+        // slice borrows it mutably, so nothing else touches the buffer meanwhile.
+        let buf = unsafe { std::slice::from_raw_parts_mut(m.buf_addr.cast::<u8>(), usize::from(m.buf_len)) };
+        PktBuf::new(buf, head, len)
+    }
+
+    /// Record where the frame is after the engine moved it (one segment).
+    #[inline]
+    pub fn set_frame(&mut self, head: usize, len: usize) {
+        let m = self.m_mut();
+        debug_assert!(head + len <= usize::from(m.buf_len));
+        m.data_off = head as u16;
+        m.data_len = len as u16;
+        m.pkt_len = len as u32;
+    }
+
+    /// Copy a multi-segment (or shared) packet into one fresh mbuf from `pool`, freeing
+    /// this one. Returns the packet unchanged if it does not fit one mbuf or no mbuf is
+    /// free.
+    pub fn linearize(self, pool: &Mempool) -> Result<Mbuf, Mbuf> {
+        let total = self.pkt_len() as usize;
+        let Some(mut out) = pool.alloc() else { return Err(self) };
+        let room = usize::from(out.m().buf_len) - usize::from(out.m().data_off);
+        if total > room {
+            return Err(self);
+        }
+        let head = usize::from(out.m().data_off);
+        let mut at = head;
+        {
+            let Some(mut dst) = out.pkt_buf() else { return Err(self) };
+            let raw = dst.raw_mut();
+            let mut seg = self.0.as_ptr();
+            while !seg.is_null() {
+                // SAFETY: walking our own chain; each segment's data lies in its buffer.
+                let s = unsafe { &*seg };
+                // SAFETY: [buf_addr + data_off, + data_len) is this segment's data.
+                let data = unsafe {
+                    std::slice::from_raw_parts(
+                        s.buf_addr.cast::<u8>().add(usize::from(s.data_off)),
+                        usize::from(s.data_len),
+                    )
+                };
+                if at + data.len() > raw.len() {
+                    return Err(self);
+                }
+                raw[at..at + data.len()].copy_from_slice(data);
+                at += data.len();
+                seg = s.next;
+            }
+        }
+        let port = self.port();
+        out.set_frame(head, at - head);
+        out.m_mut().port = port;
+        Ok(out)
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf (and its chain); it is freed once.
+        unsafe { dpdk_sys::natt_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+/// Up to `BURST_MAX` mbufs. What it still holds when dropped or cleared is freed in one
+/// call.
+pub struct Burst {
+    m: [*mut rte_mbuf; BURST_MAX],
+    n: usize,
+}
+
+// SAFETY: the burst owns the mbufs it points to; moving it moves that ownership.
+unsafe impl Send for Burst {}
+
+impl Default for Burst {
+    fn default() -> Self {
+        Burst { m: [std::ptr::null_mut(); BURST_MAX], n: 0 }
+    }
+}
+
+impl Burst {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.n == BURST_MAX
+    }
+
+    #[inline]
+    pub fn room(&self) -> usize {
+        BURST_MAX - self.n
+    }
+
+    /// Add a packet; gives it back if the burst is full.
+    #[inline]
+    pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
+        if self.n == BURST_MAX {
+            return Err(m);
+        }
+        self.m[self.n] = m.into_raw();
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Take out every packet, in order.
+    #[inline]
+    pub fn drain(&mut self) -> impl Iterator<Item = Mbuf> + '_ {
+        let n = std::mem::take(&mut self.n);
+        // SAFETY: the first n entries are owned mbufs; each is taken out exactly once.
+        self.m[..n].iter().filter_map(|&p| unsafe { Mbuf::from_raw(p) })
+    }
+
+    /// Free everything held, in one call.
+    pub fn clear(&mut self) {
+        if self.n > 0 {
+            // SAFETY: the first n entries are owned mbufs, freed once; then forgotten.
+            unsafe { dpdk_sys::natt_pktmbuf_free_burst(self.m.as_mut_ptr(), self.n as u32) };
+            self.n = 0;
+        }
+    }
+
+    pub(crate) fn raw_tail(&mut self) -> (*mut *mut rte_mbuf, usize) {
+        // SAFETY: pointer to the first free entry; `room` entries may be written.
+        (unsafe { self.m.as_mut_ptr().add(self.n) }, BURST_MAX - self.n)
+    }
+
+    /// # Safety
+    /// The `k` entries after the current end were just filled with owned mbufs.
+    pub(crate) unsafe fn grow(&mut self, k: usize) {
+        self.n += k;
+    }
+
+    pub(crate) fn raw_head(&mut self) -> (*mut *mut rte_mbuf, usize) {
+        (self.m.as_mut_ptr(), self.n)
+    }
+
+    /// Drop the first `k` entries from the burst (their ownership went elsewhere).
+    pub(crate) fn consume_front(&mut self, k: usize) {
+        let k = k.min(self.n);
+        self.m.copy_within(k..self.n, 0);
+        self.n -= k;
+    }
+
+    /// The held mbufs, mutably, in order.
+    #[inline]
+    pub fn as_mut_slice(&mut self) -> &mut [Mbuf] {
+        // SAFETY: `Mbuf` is repr(transparent) over a non-null pointer; the first n entries
+        // are owned non-null mbufs, so they can be viewed as `Mbuf`s in place. The slice
+        // borrows the burst, so none can be taken out or freed meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.m.as_mut_ptr().cast::<Mbuf>(), self.n) }
+    }
+
+    /// Each held mbuf, mutably.
+    #[inline]
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Mbuf> + '_ {
+        self.as_mut_slice().iter_mut()
+    }
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Mbuf>() == std::mem::size_of::<*mut rte_mbuf>());

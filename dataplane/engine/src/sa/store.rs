@@ -1,0 +1,49 @@
+//! Where the engine finds SAs and keeps their runtime state. The engine's own `SaTable`
+//! is one store (the offline tool and tests use it); the dataplane's store reads SAs
+//! from the shared table written by the control process.
+
+use super::runtime::Endpoint;
+use super::table::{SaEntry, SaTable};
+use crate::crypto::AeadKey;
+use crate::reason::DropReason;
+use core::net::IpAddr;
+
+/// SAs and their runtime state, by slot.
+pub trait SaStore<K: AeadKey> {
+    /// The inbound SA with this SPI, or why there is none.
+    fn inbound(&mut self, spi: u32) -> Result<u32, DropReason>;
+    /// The outbound SA whose selectors cover `dst` most specifically, or why there is none.
+    fn outbound(&mut self, dst: &IpAddr) -> Result<u32, DropReason>;
+    fn entry(&self, slot: u32) -> Option<&SaEntry<K>>;
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut SaEntry<K>>;
+    /// Point outbound SA `spi` at the peer's new NAT endpoint. Returns whether the SA
+    /// exists (it may be updated later, by whoever owns it).
+    fn follow_nat(&mut self, spi: u32, to: Endpoint) -> bool;
+}
+
+impl<K: AeadKey> SaStore<K> for SaTable<K> {
+    #[inline]
+    fn inbound(&mut self, spi: u32) -> Result<u32, DropReason> {
+        self.inbound_slot(spi).ok_or(DropReason::NoSa)
+    }
+
+    #[inline]
+    fn outbound(&mut self, dst: &IpAddr) -> Result<u32, DropReason> {
+        self.select_outbound(dst).ok_or(DropReason::NoOutboundSa)
+    }
+
+    #[inline]
+    fn entry(&self, slot: u32) -> Option<&SaEntry<K>> {
+        self.get(slot)
+    }
+
+    #[inline]
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut SaEntry<K>> {
+        self.get_mut(slot)
+    }
+
+    fn follow_nat(&mut self, spi: u32, to: Endpoint) -> bool {
+        let Some(out) = self.outbound_slot(spi).and_then(|s| self.get_mut(s)) else { return false };
+        out.rt.follow_nat(to)
+    }
+}

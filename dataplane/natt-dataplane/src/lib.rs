@@ -1,0 +1,19 @@
+//! natt-dataplane: the DPDK poll-mode dataplane of the natt headend, as a library so
+//! that its DPDK-free parts (dispatch, the shared-table store, the clock) are tested on
+//! their own; `main.rs` is the process.
+//!
+//! - `args`: the command line (EAL arguments, then ours).
+//! - `setup`: ports, mempool, rings, SA table and dataplane segment: `Shared`.
+//! - `dispatch`: which worker owns which SA; a first look at frames.
+//! - `store`: the engine's `SaStore` over the shared SA table.
+//! - `host`: the engine's `Host` (events, reservations) and the TSC clock.
+//! - `worker`: the poll loop and its stages.
+//! - `report`: statistics as text and JSON.
+
+pub mod args;
+pub mod dispatch;
+pub mod host;
+pub mod report;
+pub mod setup;
+pub mod store;
+pub mod worker;

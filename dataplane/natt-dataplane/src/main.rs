@@ -1,0 +1,167 @@
+//! natt-dataplane: the DPDK primary process. Parses our options, starts the EAL, sets up
+//! ports, the SA table and the rings (setup.rs), launches a worker on each worker lcore
+//! (worker.rs), and watches for SIGINT/SIGTERM, --duration and --idle-exit while printing
+//! statistics (report.rs). On stop: workers flush and return, ports close, final
+//! statistics are printed, exit 0.
+
+use natt_dataplane::args::{self, Args};
+use natt_dataplane::{report, setup, worker};
+use natt_dpdk::eal;
+use natt_sadb::stats::Counter;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if args::wants_help(&argv) {
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        let _ = cmd.print_help();
+        println!();
+        return ExitCode::SUCCESS;
+    }
+    let (eal_args, ours) = args::split(&argv);
+    let args = match Args::parse_ours(&argv[0], &ours) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = args.check() {
+        eprintln!("natt-dataplane: error: {e}");
+        return ExitCode::from(2);
+    }
+    match run(&args, &eal_args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natt-dataplane: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args, eal_args: &[String]) -> Result<(), String> {
+    // Signals first, so an early Ctrl-C is not lost.
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, signalled.clone()).map_err(|e| format!("installing a signal handler: {e}"))?;
+    }
+    eal::init(eal_args).map_err(|e| e.to_string())?;
+    let result = run_eal(args, &signalled);
+    eal::cleanup();
+    result
+}
+
+fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
+    let worker_lcores = eal::worker_lcores();
+    let inline = worker_lcores.is_empty();
+    let lcores = if inline { vec![eal::main_lcore()] } else { worker_lcores };
+    let sh = Arc::new(setup::build(args, &lcores).map_err(|e| e.0)?);
+    if let Err(e) = eal::pdump_init() {
+        eprintln!("natt-dataplane: note: dpdk-dumpcap cannot attach ({e}); it needs hugepages and no --in-memory");
+    }
+    println!(
+        "natt-dataplane: {}, {} worker(s) on lcore(s) {:?}, dispatch: {}, SA table {}/{}.sadb",
+        eal::version(),
+        sh.workers(),
+        lcores,
+        sh.dispatch,
+        args.shm_dir.display(),
+        args.name
+    );
+    for p in sh.ports.iter().flatten() {
+        println!(
+            "  port {} {:<15} {} ({}) mac {} next hop {} rxq {} txq {}",
+            p.info.id,
+            p.role.name(),
+            p.info.name,
+            p.info.driver,
+            natt_dpdk::port::mac_string(&p.mac),
+            natt_dpdk::port::mac_string(&p.peer),
+            p.rxq,
+            p.txq
+        );
+    }
+
+    let started = Instant::now();
+    // The monitor: signals, --duration, --idle-exit, --stats-period. A plain thread, not an
+    // lcore: it only reads the counters the workers publish.
+    let monitor = {
+        let sh = sh.clone();
+        let signalled = signalled.clone();
+        let args = args.clone();
+        std::thread::Builder::new()
+            .name("natt-monitor".into())
+            .spawn(move || monitor(&sh, &args, &signalled, started))
+            .map_err(|e| format!("starting the monitor thread: {e}"))?
+    };
+
+    let mut failed = Vec::new();
+    if inline {
+        worker::run(&sh, 0);
+    } else {
+        for (i, &l) in lcores.iter().enumerate() {
+            let shc = sh.clone();
+            if let Err(e) = eal::launch(l, move || worker::run(&shc, i)) {
+                sh.stop.store(true, Ordering::SeqCst);
+                failed.push(e.to_string());
+            }
+        }
+        for &l in &lcores {
+            if eal::wait(l) != 0 {
+                failed.push(format!("the worker on lcore {l} failed (it panicked: a bug; please report it)"));
+            }
+        }
+    }
+    sh.stop.store(true, Ordering::SeqCst);
+    let _ = monitor.join();
+    let elapsed = started.elapsed().as_secs_f64();
+    print!("{}", report::to_text(&sh, elapsed, true));
+    let json = args.stats_json.as_ref().map(|_| report::to_json(&sh, elapsed));
+    setup::close_ports(&sh);
+    if let (Some(path), Some(v)) = (&args.stats_json, json) {
+        std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+            .map_err(|e| format!("writing --stats-json {}: {e}", path.display()))?;
+    }
+    if !failed.is_empty() {
+        return Err(failed.join("; "));
+    }
+    Ok(())
+}
+
+fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Instant) {
+    let tick = Duration::from_millis(10);
+    let mut last_print = Instant::now();
+    let mut last_rx = 0u64;
+    let mut last_change = Instant::now();
+    let received = |sh: &setup::Shared| {
+        let (t, _) = sh.dp.totals();
+        t.get(Counter::rx_public) + t.get(Counter::rx_protected) + t.get(Counter::rx_punt)
+    };
+    while !sh.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(tick);
+        if signalled.load(Ordering::SeqCst) {
+            println!("natt-dataplane: signal received, stopping");
+            break;
+        }
+        if args.duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
+            break;
+        }
+        if let Some(ms) = args.idle_exit {
+            let rx = received(sh);
+            if rx != last_rx {
+                last_rx = rx;
+                last_change = Instant::now();
+            } else if rx > 0 && last_change.elapsed() >= Duration::from_millis(ms) {
+                break;
+            }
+        }
+        if args.stats_period > 0.0 && last_print.elapsed().as_secs_f64() >= args.stats_period {
+            last_print = Instant::now();
+            print!("{}", report::to_text(sh, started.elapsed().as_secs_f64(), false));
+        }
+    }
+    sh.stop.store(true, Ordering::SeqCst);
+}

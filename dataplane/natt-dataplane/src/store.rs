@@ -1,0 +1,244 @@
+//! One worker's view of the shared SA table, as the engine's `SaStore`. Once per loop the
+//! worker takes a snapshot (the published generation) and reports a quiescent point;
+//! lookups then go through the shared indexes without a lock or a syscall. The runtime
+//! state of an SA (expanded key, replay window, sequence counter, NAT endpoint) lives
+//! here, in the one worker that owns the SA: it is built from the record the first time
+//! the SA is used, and rebuilt when the slot's uid says the record changed. A replaced
+//! SA with the same key carries its running state over, and an outbound SA resumes above
+//! the sequence numbers reserved in the dataplane segment, so no IV repeats.
+//!
+//! Only SAs this worker owns are ever loaded: that, not the dispatch stage, is what
+//! guarantees one sequence counter and one replay window per SA.
+
+use crate::dispatch::Owners;
+use crossbeam_queue::ArrayQueue;
+use natt_engine::crypto::Backend;
+use natt_engine::reason::DropReason;
+use natt_engine::sa::{Direction, Endpoint, SaEntry, SaRuntime, SaStore};
+use natt_sadb::Reader;
+use natt_sadb::dp::Reservations;
+use natt_sadb::reader::{Found, Snapshot};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// A NAT endpoint change for an outbound SA another worker owns.
+pub type NatUpdate = (u32, Endpoint);
+
+struct Cached<K> {
+    uid: u64,
+    entry: SaEntry<K>,
+}
+
+/// Outbound lookups remembered for the current snapshot (the dispatch stage looks up,
+/// the engine asks again for the same destination).
+const OUT_CACHE: usize = 64;
+
+#[derive(Clone, Copy)]
+struct OutHint {
+    generation: u64,
+    dst: IpAddr,
+    found: Found,
+    spi: u32,
+}
+
+/// What the store counts (published with the worker's counters).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreCounters {
+    /// SAs built from the shared table.
+    pub loads: u64,
+    /// Records that failed validation.
+    pub invalid: u64,
+    /// NAT updates for SAs of other workers that their inbox could not take.
+    pub nat_lost: u64,
+}
+
+pub struct ShmStore<'a, B: Backend> {
+    reader: &'a Reader,
+    owners: &'a Owners,
+    me: usize,
+    snap: Snapshot,
+    cache: Vec<Option<Box<Cached<B::Key>>>>,
+    /// The slot last loaded for each (direction, SPI): where a replacement finds the
+    /// state to carry over.
+    by_spi: HashMap<(Direction, u32), u32>,
+    resv: Reservations<'a>,
+    inboxes: &'a [ArrayQueue<NatUpdate>],
+    hints: [Option<OutHint>; OUT_CACHE],
+    pub counters: StoreCounters,
+}
+
+impl<'a, B: Backend> ShmStore<'a, B> {
+    pub fn new(
+        reader: &'a Reader,
+        owners: &'a Owners,
+        me: usize,
+        resv: Reservations<'a>,
+        inboxes: &'a [ArrayQueue<NatUpdate>],
+    ) -> Self {
+        let capacity = reader.db().capacity() as usize;
+        let mut cache = Vec::new();
+        cache.resize_with(capacity, || None);
+        ShmStore {
+            reader,
+            owners,
+            me,
+            snap: reader.snapshot(),
+            cache,
+            by_spi: HashMap::with_capacity(1024),
+            resv,
+            inboxes,
+            hints: [None; OUT_CACHE],
+            counters: StoreCounters::default(),
+        }
+    }
+
+    /// Take a new snapshot; returns its generation (to report as the quiescent point:
+    /// nothing read under an older one is referenced any more).
+    #[inline]
+    pub fn refresh(&mut self) -> u64 {
+        self.snap = self.reader.snapshot();
+        self.snap.generation
+    }
+
+    /// Apply NAT endpoint changes other workers found for SAs this worker owns.
+    #[inline]
+    pub fn apply_nat_updates(&mut self) {
+        while let Some((spi, to)) = self.inboxes[self.me].pop() {
+            self.follow_local(spi, to);
+        }
+    }
+
+    /// The outbound SA for `dst` under the current snapshot: its slot and SPI (whose
+    /// owner must encapsulate). Remembered for the engine's own lookup.
+    #[inline]
+    pub fn lookup_outbound(&mut self, dst: &IpAddr) -> Option<(Found, u32)> {
+        let h = hint_index(dst);
+        if let Some(x) = self.hints[h] {
+            if x.generation == self.snap.generation && x.dst == *dst {
+                return Some((x.found, x.spi));
+            }
+        }
+        let found = self.reader.outbound(&self.snap, dst)?;
+        let spi = self.reader.spi(found.slot)?;
+        self.hints[h] = Some(OutHint { generation: self.snap.generation, dst: *dst, found, spi });
+        Some((found, spi))
+    }
+
+    /// Every SA loaded in this worker: its runtime state (for reports).
+    pub fn loaded(&self) -> impl Iterator<Item = &SaRuntime<B::Key>> {
+        self.cache.iter().flatten().map(|c| &c.entry.rt)
+    }
+
+    /// Make sure the SA found in `f` is loaded and current; returns its slot.
+    #[inline]
+    fn ensure(&mut self, f: Found, dir: Direction) -> Result<u32, DropReason> {
+        match self.cache.get(f.slot as usize) {
+            Some(Some(c)) if c.uid == f.uid => Ok(f.slot),
+            Some(_) => self.load(f, dir),
+            None => Err(DropReason::SaInvalid),
+        }
+    }
+
+    #[cold]
+    fn load(&mut self, f: Found, dir: Direction) -> Result<u32, DropReason> {
+        let p = match self.reader.decode(f.slot) {
+            Ok(p) if p.direction == dir => p,
+            _ => {
+                self.counters.invalid += 1;
+                return Err(DropReason::SaInvalid);
+            }
+        };
+        if self.owners.of_spi(p.spi) != self.me {
+            return Err(DropReason::NotOwner);
+        }
+        let Ok(mut rt) = SaRuntime::new::<B>(&p) else {
+            self.counters.invalid += 1;
+            return Err(DropReason::SaInvalid);
+        };
+        // The same SA before a replace (or still in this slot): keep its running state
+        // if the key is the same; a new key starts afresh.
+        let key = (dir, p.spi);
+        let previous = self.by_spi.get(&key).copied().filter(|&s| s != f.slot);
+        for s in [Some(f.slot), previous].into_iter().flatten() {
+            let same = self.cache[s as usize].as_ref().is_some_and(|c| {
+                c.entry.rt.spi == p.spi && c.entry.rt.direction == dir && c.entry.rt.key_fp == rt.key_fp
+            });
+            if same {
+                if let Some(old) = self.cache[s as usize].take() {
+                    rt.carry_over(old.entry.rt);
+                }
+                break;
+            }
+        }
+        if dir == Direction::Outbound {
+            if let Some(floor) = self.resv.get(p.spi, rt.key_fp) {
+                rt.resume_above(floor);
+            }
+        }
+        self.by_spi.insert(key, f.slot);
+        self.cache[f.slot as usize] = Some(Box::new(Cached { uid: f.uid, entry: SaEntry { rt, params: Box::new(p) } }));
+        self.counters.loads += 1;
+        Ok(f.slot)
+    }
+
+    fn follow_local(&mut self, spi: u32, to: Endpoint) -> bool {
+        let Some(f) = self.reader.outbound_by_spi(&self.snap, spi) else { return false };
+        match self.ensure(f, Direction::Outbound) {
+            Ok(slot) => self.cache[slot as usize].as_mut().is_some_and(|c| c.entry.rt.follow_nat(to)),
+            Err(_) => false,
+        }
+    }
+}
+
+#[inline]
+fn hint_index(dst: &IpAddr) -> usize {
+    let x = match dst {
+        IpAddr::V4(a) => u64::from(a.to_bits()),
+        IpAddr::V6(a) => {
+            let b = a.to_bits();
+            (b as u64) ^ ((b >> 64) as u64)
+        }
+    };
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % OUT_CACHE
+}
+
+impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
+    #[inline]
+    fn inbound(&mut self, spi: u32) -> Result<u32, DropReason> {
+        let f = self.reader.inbound(&self.snap, spi).ok_or(DropReason::NoSa)?;
+        self.ensure(f, Direction::Inbound)
+    }
+
+    #[inline]
+    fn outbound(&mut self, dst: &IpAddr) -> Result<u32, DropReason> {
+        let (found, _) = self.lookup_outbound(dst).ok_or(DropReason::NoOutboundSa)?;
+        self.ensure(found, Direction::Outbound)
+    }
+
+    #[inline]
+    fn entry(&self, slot: u32) -> Option<&SaEntry<B::Key>> {
+        self.cache.get(slot as usize)?.as_ref().map(|c| &c.entry)
+    }
+
+    #[inline]
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut SaEntry<B::Key>> {
+        self.cache.get_mut(slot as usize)?.as_mut().map(|c| &mut c.entry)
+    }
+
+    fn follow_nat(&mut self, spi: u32, to: Endpoint) -> bool {
+        let owner = self.owners.of_spi(spi);
+        if owner == self.me {
+            return self.follow_local(spi, to);
+        }
+        if self.reader.outbound_by_spi(&self.snap, spi).is_none() {
+            return false;
+        }
+        match self.inboxes.get(owner) {
+            Some(q) if q.push((spi, to)).is_ok() => true,
+            _ => {
+                self.counters.nat_lost += 1;
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The workers' view of the shared SA table, without DPDK: a control-side `Writer`
+//! changes the table, worker stores see it after their next snapshot, load only the SAs
+//! they own, carry running state over a replace with the same key, start a new key
+//! afresh, resume above reserved sequence numbers, and route NAT updates to the owner.
+
+use crossbeam_queue::ArrayQueue;
+use natt_dataplane::dispatch::Owners;
+use natt_dataplane::store::{NatUpdate, ShmStore};
+use natt_engine::DropReason;
+use natt_engine::crypto::Ring;
+use natt_engine::sa::config::parse_sa;
+use natt_engine::sa::{Direction, Endpoint, SaParams, SaStore};
+use natt_sadb::dp::DpSegment;
+use natt_sadb::layout::DpLayout;
+use natt_sadb::{Reader, Writer};
+use serde_json::json;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+struct Tmp(PathBuf);
+
+impl Tmp {
+    fn new(tag: &str) -> Tmp {
+        let d = std::env::temp_dir().join(format!("natt-store-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Tmp(d)
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn key(spi: u32, v: u8) -> String {
+    (0..20u32).map(|i| format!("{:02x}", (spi.wrapping_mul(13) as u8) ^ (i as u8) ^ v.wrapping_mul(91))).collect()
+}
+
+fn sa(spi: u32, dir: &str, v: u8, ttl: u8) -> SaParams {
+    let mut j = json!({
+        "name": format!("{dir}-{spi:x}"), "spi": spi, "direction": dir, "algorithm": "aes128-gcm",
+        "key": key(spi, v), "local": "203.0.113.1", "peer": "198.51.100.7",
+        "encap": {"local_port": 4500, "peer_port": 4500},
+        "selectors": {"local": ["10.0.0.0/8"], "peer": [format!("10.8.{}.{}/32", (spi >> 8) & 255, spi & 255)]}
+    });
+    if dir == "outbound" {
+        j["ttl"] = ttl.into();
+    }
+    parse_sa(&j).unwrap()
+}
+
+fn dst(spi: u32) -> IpAddr {
+    format!("10.8.{}.{}", (spi >> 8) & 255, spi & 255).parse().unwrap()
+}
+
+/// SPIs owned by worker 0 and worker 1 of two.
+fn spis(owners: &Owners) -> (u32, u32) {
+    let a = (0x1000..).find(|s| owners.of_spi(*s) == 0).unwrap();
+    let b = (0x1000..).find(|s| owners.of_spi(*s) == 1).unwrap();
+    (a, b)
+}
+
+#[test]
+fn a_worker_loads_only_the_sas_it_owns() {
+    let t = Tmp::new("own");
+    let owners = Owners::new(2);
+    let (mine, theirs) = spis(&owners);
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let mut b = w.batch();
+    for s in [mine, theirs] {
+        b.add(&sa(s, "inbound", 0, 0)).unwrap();
+        b.add(&sa(s + 0x10000, "outbound", 0, 64)).unwrap();
+    }
+    b.commit().unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(2, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes: Vec<ArrayQueue<NatUpdate>> = (0..2).map(|_| ArrayQueue::new(8)).collect();
+    let mut s0 = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    s0.refresh();
+    let slot = s0.inbound(mine).unwrap();
+    assert_eq!(s0.entry(slot).unwrap().rt.spi, mine);
+    assert_eq!(s0.inbound(theirs), Err(DropReason::NotOwner));
+    assert_eq!(s0.inbound(0x9999_9999), Err(DropReason::NoSa));
+    let out_owner = owners.of_spi(mine + 0x10000);
+    let got = s0.outbound(&dst(mine + 0x10000));
+    if out_owner == 0 {
+        assert!(got.is_ok());
+    } else {
+        assert_eq!(got, Err(DropReason::NotOwner));
+    }
+    assert_eq!(s0.loaded().count(), 1 + usize::from(out_owner == 0));
+    assert_eq!(s0.counters.loads as usize, s0.loaded().count());
+}
+
+#[test]
+fn changes_are_seen_at_the_next_snapshot_and_state_carries_over_a_replace() {
+    let t = Tmp::new("replace");
+    let owners = Owners::new(1);
+    let spi = 0x2001;
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes = vec![ArrayQueue::new(8)];
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    s.refresh();
+    let mut b = w.batch();
+    b.add(&sa(spi, "outbound", 0, 64)).unwrap();
+    b.commit().unwrap();
+    assert_eq!(s.outbound(&dst(spi)), Err(DropReason::NoOutboundSa), "not before the next snapshot");
+    s.refresh();
+    let slot = s.outbound(&dst(spi)).unwrap();
+    s.entry_mut(slot).unwrap().rt.seq = 1000;
+
+    // Same key, other settings: a new record, the running state carried over.
+    let mut b = w.batch();
+    b.replace(&sa(spi, "outbound", 0, 33)).unwrap();
+    b.commit().unwrap();
+    s.refresh();
+    let slot2 = s.outbound(&dst(spi)).unwrap();
+    assert_ne!(slot, slot2);
+    let e = s.entry(slot2).unwrap();
+    assert_eq!((e.rt.ttl, e.rt.seq), (33, 1000));
+
+    // A new key starts afresh (a new key's IVs cannot collide with the old one's).
+    let mut b = w.batch();
+    b.replace(&sa(spi, "outbound", 1, 33)).unwrap();
+    b.commit().unwrap();
+    s.refresh();
+    let slot3 = s.outbound(&dst(spi)).unwrap();
+    assert_eq!(s.entry(slot3).unwrap().rt.seq, 0);
+
+    // Removed: gone at the next snapshot.
+    let mut b = w.batch();
+    b.remove(Direction::Outbound, spi).unwrap();
+    b.commit().unwrap();
+    s.refresh();
+    assert_eq!(s.outbound(&dst(spi)), Err(DropReason::NoOutboundSa));
+}
+
+#[test]
+fn an_outbound_sa_resumes_above_its_reservation() {
+    let t = Tmp::new("resv");
+    let owners = Owners::new(1);
+    let spi = 0x3001;
+    let p = sa(spi, "outbound", 0, 64);
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let mut b = w.batch();
+    b.add(&p).unwrap();
+    b.commit().unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
+    let fp = natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt);
+    assert!(dp.reservations().reserve(spi, fp, 70_000));
+    assert!(dp.reservations().reserve(spi + 1, fp ^ 1, 90_000), "another SA's reservation");
+    let inboxes = vec![ArrayQueue::new(8)];
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    s.refresh();
+    let slot = s.outbound(&dst(spi)).unwrap();
+    assert_eq!(s.entry(slot).unwrap().rt.seq, 70_000);
+}
+
+#[test]
+fn nat_updates_reach_the_worker_that_owns_the_outbound_sa() {
+    let t = Tmp::new("nat");
+    let owners = Owners::new(2);
+    let (mine, theirs) = spis(&owners);
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let mut b = w.batch();
+    b.add(&sa(theirs, "outbound", 0, 64)).unwrap();
+    b.add(&sa(mine, "outbound", 0, 64)).unwrap();
+    b.commit().unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(2, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes: Vec<ArrayQueue<NatUpdate>> = (0..2).map(|_| ArrayQueue::new(8)).collect();
+    let mut s0 = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let mut s1 = ShmStore::<Ring>::new(&r, &owners, 1, dp.reservations(), &inboxes);
+    s0.refresh();
+    s1.refresh();
+    let to = Endpoint { addr: "198.51.100.7".parse().unwrap(), port: 40_123 };
+    // Worker 0 saw the change; the SA is worker 1's: it goes to worker 1's inbox.
+    assert!(s0.follow_nat(theirs, to));
+    assert_eq!(inboxes[1].len(), 1);
+    assert_eq!(s0.loaded().count(), 0, "worker 0 must not load worker 1's SA");
+    s1.apply_nat_updates();
+    let slot = s1.outbound(&dst(theirs)).unwrap();
+    assert_eq!(s1.entry(slot).unwrap().rt.endpoint, to);
+    // Its own SA: applied at once.
+    assert!(s0.follow_nat(mine, to));
+    let slot = s0.outbound(&dst(mine)).unwrap();
+    assert_eq!(s0.entry(slot).unwrap().rt.endpoint, to);
+    assert!(!s0.follow_nat(0x7777_0000, to), "no such SA");
+}
+
+#[test]
+fn a_corrupt_record_is_refused_not_followed() {
+    let t = Tmp::new("corrupt");
+    let owners = Owners::new(1);
+    let spi = 0x4001;
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let mut b = w.batch();
+    b.add(&sa(spi, "inbound", 0, 0)).unwrap();
+    b.commit().unwrap();
+    drop(w);
+    // Flip the key length byte of every record to something impossible.
+    let path = t.0.join("t.sadb");
+    let mut data = std::fs::read(&path).unwrap();
+    let layout = natt_sadb::layout::SadbLayout::for_capacity(64).unwrap();
+    for i in 0..64 {
+        let at = layout.records + i * natt_sadb::layout::RECORD_SIZE + natt_sadb::layout::KEY_LEN_OFFSET;
+        data[at] = 200;
+    }
+    std::fs::write(&path, &data).unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes = vec![ArrayQueue::new(8)];
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    s.refresh();
+    assert_eq!(s.inbound(spi), Err(DropReason::SaInvalid));
+    assert_eq!(s.counters.invalid, 1);
+}
