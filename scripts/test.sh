@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run every test of the project, from nothing: installs what is missing (scripts/setup.sh),
 # then unit, property, known-answer and hostile-input tests (cargo), the interop suites
-# against scapy and tshark (pytest), a bounded fuzzing run, and checks that benchmarks
-# build. Exits non-zero on the first failure.
+# against scapy and tshark (pytest), the DPDK dataplane on virtual ports (pytest), a
+# bounded fuzzing run, and checks that benchmarks build. Exits non-zero on the first failure.
 #
 #   NATT_FUZZ_SECONDS=N   fuzzing time (default 120)
 set -euo pipefail
@@ -28,6 +28,11 @@ cargo bench --workspace --no-run -q
 step "interop: scapy and tshark"
 cargo build --release -q -p natt-pcap
 NATT_PCAP="$ROOT/target/release/natt-pcap" "$ROOT/.venv/bin/python" -m pytest -q tests/interop
+
+step "dataplane: DPDK on virtual ports (net_pcap, net_af_packet, net_af_xdp, net_tap)"
+cargo build --release -q -p natt-dataplane -p natt-control
+scripts/hugepages.sh >/dev/null
+NATT_BIN_DIR="$ROOT/target/release" "$ROOT/.venv/bin/python" -m pytest -q tests/dataplane
 
 step "fuzz: inbound path for ${NATT_FUZZ_SECONDS:-120}s"
 (

@@ -249,10 +249,10 @@ class Control:
 class Dataplane:
     """natt-dataplane with the given vdevs and options."""
 
-    def __init__(self, control, vdevs, opts=(), lcores="0-1", eal=()):
+    def __init__(self, control, vdevs, opts=(), lcores="0-1", eal=(), netns=None):
         self.control = control
         self.stats_path = control.tmp / f"stats-{time.monotonic_ns()}.json"
-        self.cmd = [binary("natt-dataplane"), *(["-l", lcores] if lcores else []), "--no-pci", *eal_memory(), *eal]
+        self.cmd = [*(netns.prefix() if netns else []), binary("natt-dataplane"), *(["-l", lcores] if lcores else []), "--no-pci", *eal_memory(), *eal]
         for v in vdevs:
             self.cmd += ["--vdev", v]
         self.cmd += ["--", "--name", control.name, "--shm-dir", control.dir, "--stats-json", str(self.stats_path),

@@ -100,7 +100,7 @@ def test_signal_stops_flushes_and_prints_final_stats(tmp_path, sig):
     ctl.apply([C.sa("inbound"), C.sa("outbound")])
     write_pcap(tmp_path / "plain.pcap", [Ether() / C.reply(k) for k in range(8)])
     write_pcap(tmp_path / "empty.pcap", [])
-    vdevs = ["net_null0", f"net_pcap1,rx_pcap={tmp_path / 'plain.pcap'},tx_pcap={tmp_path / 'x.pcap'},infinite_rx=1"]
+    vdevs = ["net_null0,no-rx=1", f"net_pcap1,rx_pcap={tmp_path / 'plain.pcap'},tx_pcap={tmp_path / 'x.pcap'},infinite_rx=1"]
     dp = Dataplane(ctl, vdevs).start()
     time.sleep(2)
     out, stats = dp.stop(sig)

@@ -159,6 +159,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         // if the key is the same; a new key starts afresh.
         let key = (dir, p.spi);
         let previous = self.by_spi.get(&key).copied().filter(|&s| s != f.slot);
+        let mut carried = false;
         for s in [Some(f.slot), previous].into_iter().flatten() {
             let same = self.cache[s as usize].as_ref().is_some_and(|c| {
                 c.entry.rt.spi == p.spi && c.entry.rt.direction == dir && c.entry.rt.key_fp == rt.key_fp
@@ -166,11 +167,14 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             if same {
                 if let Some(old) = self.cache[s as usize].take() {
                     rt.carry_over(old.entry.rt);
+                    carried = true;
                 }
                 break;
             }
         }
-        if dir == Direction::Outbound {
+        // Without live state to carry (the first load since this process started), the
+        // reservations say how far an earlier run may have got.
+        if dir == Direction::Outbound && !carried {
             if let Some(floor) = self.resv.get(p.spi, rt.key_fp) {
                 rt.resume_above(floor);
             }

@@ -112,6 +112,10 @@ fn changes_are_seen_at_the_next_snapshot_and_state_carries_over_a_replace() {
     s.refresh();
     let slot = s.outbound(&dst(spi)).unwrap();
     s.entry_mut(slot).unwrap().rt.seq = 1000;
+    // The block reserved for it: a restarted dataplane would resume above it, but this
+    // process has the live counter and must keep it.
+    let p = sa(spi, "outbound", 0, 64);
+    assert!(dp.reservations().reserve(spi, natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt), 65_536));
 
     // Same key, other settings: a new record, the running state carried over.
     let mut b = w.batch();
