@@ -13,6 +13,7 @@ import json
 import os
 import struct
 
+from scapy.utils import PcapWriter
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Raw, fragment, raw, wrpcap
 from scapy.layers.inet import IP as IPL
 from scapy.layers.ipsec import ESP, SecurityAssociation
@@ -56,7 +57,7 @@ def sa_config(c, direction):
         "peer": c["peer"],
         "encap": {"local_port": 4500, "peer_port": c["port"]},
         "esn": c["esn"],
-        "lifetime": {"soft_bytes": 900_000_000, "hard_bytes": 1_000_000_000},
+        "lifetime": {"soft_bytes": 400_000_000_000, "hard_bytes": 500_000_000_000},
     }
     if c["mode"] == "tunnel":
         sa["selectors"] = {
@@ -154,6 +155,25 @@ def main():
     for i, f in enumerate(replies):
         f.time = 1_700_000_100.0 + i * 0.001
     wrpcap(os.path.join(OUT, "plain.pcap"), replies)
+
+    # Sustained load for the demo's second phase: replies to the three tunnel-mode
+    # clients, 64 to 1400 bytes, replayed in a loop.
+    load = []
+    for i in range(96):
+        c = CLIENTS[i % 3]
+        size = [64, 512, 1400][(i // 3) % 3]
+        ipc = IPv6 if ":" in c["inner"] else IP
+        hdr = 48 if ipc is IPv6 else 28
+        src = "fd00:10::5" if ipc is IPv6 else "10.0.1.5"
+        f = Ether(src=MAC_GW, dst=MAC_US) / ipc(src=src, dst=c["inner"]) / UDP(sport=443, dport=40000 + i) / Raw(bytes(size - hdr))
+        f.time = 1_700_000_200.0 + i * 0.0001
+        load.append(f)
+    wrpcap(os.path.join(OUT, "load.pcap"), load)
+
+    # net_pcap needs a file to read even for a port that only sends.
+    w = PcapWriter(os.path.join(OUT, "empty.pcap"), linktype=1, sync=True)
+    w._write_header(None)
+    w.close()
 
     sas = []
     for c in CLIENTS:

@@ -3,6 +3,9 @@ table, a corrupt one, a missing port, too few TX queues or mbufs, bad options), 
 SIGINT/SIGTERM while traffic flows: stop, flush, print final statistics, exit 0. A
 restarted dataplane resumes above every sequence number it may have used."""
 
+import glob
+import os
+import shutil
 import signal
 import subprocess
 import time
@@ -130,3 +133,37 @@ def test_eal_memory_fallback_without_hugepages(tmp_path, monkeypatch):
     assert "--no-huge" in dp.cmd
     _, stats = dp.run()
     assert stats["totals"]["decap_packets"] == 1
+
+
+def test_dpdk_dumpcap_captures_on_our_ports(tmp_path):
+    """rte_pdump_init: DPDK's own dpdk-dumpcap attaches as a secondary process and
+    captures what we send. Needs hugepages (a secondary process shares the primary's
+    memory)."""
+    if "--no-huge" in eal_memory():
+        pytest.skip("no hugepages on this machine: dpdk-dumpcap cannot attach")
+    ctl = Control(tmp_path)
+    ctl.apply([C.sa("inbound"), C.sa("outbound")])
+    write_pcap(tmp_path / "plain.pcap", [Ether() / C.reply(k) for k in range(8)])
+    prefix = f"natt-dumpcap-{os.getpid()}"
+    cmd = [binary("natt-dataplane"), "-l", "0-1", "--no-pci", "--file-prefix", prefix, "--vdev", "net_null0,no-rx=1",
+           "--vdev", f"net_pcap1,rx_pcap={tmp_path / 'plain.pcap'},tx_pcap={tmp_path / 'x.pcap'},infinite_rx=1", "--",
+           "--name", ctl.name, "--shm-dir", ctl.dir]
+    dp = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "natt-dataplane:" in dp.stdout.readline()
+        out = tmp_path / "cap.pcapng"
+        p = subprocess.run(["dpdk-dumpcap", "--file-prefix", prefix, "-i", "0", "-c", "20", "-w", str(out)],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        got = rdpcap(str(out))
+        assert len(got) >= 20
+        assert all(bytes(g["UDP"].payload)[:4] == C.spi_out.to_bytes(4, "big") for g in got)
+    finally:
+        dp.send_signal(signal.SIGTERM)
+        dp.communicate(timeout=60)
+        # A primary with a file prefix leaves its hugepage files for secondaries: remove
+        # them, or the next run finds fewer free hugepages.
+        for f in glob.glob(f"/dev/hugepages/{prefix}*"):
+            os.unlink(f)
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+    assert dp.returncode == 0

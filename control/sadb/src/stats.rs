@@ -68,6 +68,7 @@ counters! {
     bursts = 26: "non-empty bursts processed",
     polls = 27: "poll loop iterations",
     linearized = 28: "multi-segment packets copied into one mbuf",
+    busy_cycles = 29: "TSC cycles spent in loop iterations that had packets to process (cycles per packet = busy_cycles / packets)",
 }
 
 /// One worker's block.

@@ -41,6 +41,16 @@ pub enum WriteError {
     IndexFull,
     #[error("SA \"{name}\": {reason}")]
     DoesNotFit { name: String, reason: String },
+    #[error(
+        "SA \"{name}\" (SPI 0x{spi:08x}) has the same key and salt as installed SA \"{other}\" (SPI 0x{other_spi:08x}): \
+         AES-GCM nonces would repeat between them; give every SA its own key"
+    )]
+    KeyReused { name: String, spi: u32, other: String, other_spi: u32 },
+}
+
+/// What identifies a key for uniqueness: its fingerprint with the salt.
+fn key_id(p: &SaParams) -> u64 {
+    natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt)
 }
 
 /// Who may still be reading retired records.
@@ -115,6 +125,8 @@ pub struct Writer {
     free: Vec<u32>,
     /// Visible SAs by (direction, SPI).
     visible: HashMap<(Direction, u32), u32>,
+    /// Visible SAs by key fingerprint: no two may share a key and salt.
+    keys: HashMap<u64, u32>,
     /// Visible outbound SAs by selector key.
     owners: HashMap<LpmKey, u32>,
     /// LPM entries per (family, length), visible or not yet unlinked.
@@ -210,6 +222,7 @@ impl Writer {
             g: 0,
             free: Vec::new(),
             visible: HashMap::new(),
+            keys: HashMap::new(),
             owners: HashMap::new(),
             lpm_counts: HashMap::new(),
             counts: [Counts::default(); 3],
@@ -357,6 +370,7 @@ impl Writer {
             drains: Vec::new(),
             overlay: HashMap::new(),
             owners: HashMap::new(),
+            keys: HashMap::new(),
             done: false,
         }
     }
@@ -602,6 +616,7 @@ impl Writer {
                 self.drains.insert((at, p.direction, p.spi));
             }
             self.visible.insert((p.direction, p.spi), slot);
+            self.keys.insert(key_id(&p), slot);
         }
         for &slot in undo.iter().chain(unlink.iter()) {
             if let Ok(p) = record::decode(self.record(slot)) {
@@ -647,6 +662,8 @@ pub struct Batch<'a> {
     /// (direction, SPI) -> slot visible after the batch (None: removed).
     overlay: HashMap<(Direction, u32), Option<u32>>,
     owners: HashMap<LpmKey, Option<u32>>,
+    /// Key fingerprint -> slot holding it after the batch (None: released).
+    keys: HashMap<u64, Option<u32>>,
     done: bool,
 }
 
@@ -655,6 +672,13 @@ impl Batch<'_> {
         match self.overlay.get(&(dir, spi)) {
             Some(s) => *s,
             None => self.w.visible.get(&(dir, spi)).copied(),
+        }
+    }
+
+    fn key_owner_after(&self, fp: u64) -> Option<u32> {
+        match self.keys.get(&fp) {
+            Some(s) => *s,
+            None => self.w.keys.get(&fp).copied(),
         }
     }
 
@@ -682,6 +706,11 @@ impl Batch<'_> {
                 spi: p.spi,
                 name: self.name_of(s).0,
             });
+        }
+        let fp = key_id(p);
+        if let Some(s) = self.key_owner_after(fp) {
+            let (other, other_spi) = self.name_of(s);
+            return Err(WriteError::KeyReused { name: p.name.clone(), spi: p.spi, other, other_spi });
         }
         let keys = if p.direction == Direction::Outbound { outbound_keys(p) } else { Vec::new() };
         for k in &keys {
@@ -713,6 +742,7 @@ impl Batch<'_> {
         }
         self.added.push(slot);
         self.overlay.insert((p.direction, p.spi), Some(slot));
+        self.keys.insert(fp, Some(slot));
         for k in keys {
             self.owners.insert(k, Some(slot));
         }
@@ -737,6 +767,10 @@ impl Batch<'_> {
         }
         self.overlay.insert((dir, spi), None);
         if let Some(p) = p {
+            let fp = key_id(&p);
+            if self.key_owner_after(fp) == Some(slot) {
+                self.keys.insert(fp, None);
+            }
             if p.direction == Direction::Outbound {
                 for k in outbound_keys(&p) {
                     if self.owner_after(&k) == Some(slot) {
@@ -788,6 +822,16 @@ impl Batch<'_> {
                 }
                 None => {
                     w.owners.remove(k);
+                }
+            }
+        }
+        for (fp, slot) in &self.keys {
+            match slot {
+                Some(s) => {
+                    w.keys.insert(*fp, *s);
+                }
+                None => {
+                    w.keys.remove(fp);
                 }
             }
         }

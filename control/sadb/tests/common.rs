@@ -29,7 +29,10 @@ pub fn rand_u32() -> u32 {
 
 /// The key of SA `spi` at version `v`: tests can tell versions apart by the key.
 pub fn key_of(spi: u32, v: u32) -> String {
-    (0..20).map(|i| format!("{:02x}", (spi.wrapping_mul(31) ^ v.wrapping_mul(7) ^ i) as u8)).collect()
+    let b = spi.to_be_bytes();
+    (0..20u32)
+        .map(|i| format!("{:02x}", b[(i % 4) as usize] ^ (v.wrapping_mul(7) ^ i.wrapping_mul(53)) as u8))
+        .collect()
 }
 
 /// An inbound SA for client `n` (inner 10.x.y.z/32), version `v`.

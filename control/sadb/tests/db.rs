@@ -151,6 +151,40 @@ fn conflicts_are_refused_with_names() {
 }
 
 #[test]
+fn no_two_installed_sas_share_a_key() {
+    let d = TmpDir::new("keys");
+    let mut w = Writer::create(&d.0, "t", 16).unwrap();
+    let mut b = w.batch();
+    b.add(&inbound(1, 0)).unwrap();
+    b.commit().unwrap();
+    // Another SA with the same key and salt (here: a rekey that forgot to change it).
+    let mut twin = inbound(2, 0);
+    twin.key = inbound(1, 0).key;
+    twin.salt = inbound(1, 0).salt;
+    let mut b = w.batch();
+    let e = b.add(&twin).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "SA \"in-2-v0\" (SPI 0x00100002) has the same key and salt as installed SA \"in-1-v0\" (SPI 0x00100001): \
+         AES-GCM nonces would repeat between them; give every SA its own key"
+    );
+    // Replacing an SA by itself with its own key is fine; so is taking a key whose SA the
+    // same batch removes.
+    b.replace(&inbound(1, 0)).unwrap();
+    b.remove(Direction::Inbound, 0x0010_0001).unwrap();
+    b.add(&twin).unwrap();
+    b.commit().unwrap();
+    // And the writer that re-attaches knows the installed keys.
+    drop(w);
+    let mut w = Writer::open(&d.0, "t").unwrap();
+    let mut b = w.batch();
+    let mut again = inbound(3, 0);
+    again.key = twin.key.clone();
+    again.salt = twin.salt;
+    assert!(matches!(b.add(&again).unwrap_err(), WriteError::KeyReused { .. }));
+}
+
+#[test]
 fn records_are_reused_only_after_every_reader_passed() {
     let d = TmpDir::new("reclaim");
     let mut w = Writer::create(&d.0, "t", 2).unwrap();

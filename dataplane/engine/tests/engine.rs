@@ -364,6 +364,7 @@ fn outbound_selection_is_longest_prefix_and_checks_the_source() {
     let mut wide = sas[1].clone();
     wide["name"] = "wide".into();
     wide["spi"] = 0x3001.into();
+    wide["key"] = "5a".repeat(20).into();
     wide["selectors"] = json!({"local": [PROTECTED4], "peer": ["10.8.0.0/16"]});
     sas.push(wide);
     let mut headend = engine(sas, EngineConfig::default());

@@ -6,8 +6,6 @@ use std::path::PathBuf;
 
 pub const ABOUT: &str = "natt-dataplane: the DPDK poll-mode dataplane of the natt NAT-T IPsec headend.
 
-Usage: natt-dataplane [EAL options] -- [options]
-
 EAL options are DPDK's own, for example:
   -l 0-2                 lcores: the first is the main lcore, the others run workers
                          (with one lcore, it runs the only worker itself)
@@ -20,7 +18,13 @@ See `dpdk-testpmd --help` or the DPDK documentation for all of them.";
 
 /// Our options (after `--`).
 #[derive(Parser, Debug, Clone)]
-#[command(name = "natt-dataplane", version, about = ABOUT, disable_help_flag = true)]
+#[command(
+    name = "natt-dataplane",
+    version,
+    about = ABOUT,
+    override_usage = "natt-dataplane [EAL options] -- [options]",
+    disable_help_flag = true
+)]
 pub struct Args {
     /// Print this help.
     #[arg(short = 'h', long, action = clap::ArgAction::Help)]

@@ -20,6 +20,8 @@ pub struct Owners {
     workers: usize,
     reta_mask: u32,
     t: [[u32; 256]; 4],
+    /// Redirection table: entry i is worker i % workers (no division per packet).
+    reta: Vec<u16>,
 }
 
 /// The redirection-table size assumed when the port does not say (and in software).
@@ -58,8 +60,10 @@ impl Owners {
                 *e = h;
             }
         }
-        let reta = if reta_size.is_power_of_two() { reta_size } else { DEFAULT_RETA };
-        Owners { workers: workers.max(1), reta_mask: reta - 1, t }
+        let reta_size = if reta_size.is_power_of_two() { reta_size } else { DEFAULT_RETA };
+        let workers = workers.max(1);
+        let reta = (0..reta_size as usize).map(|i| (i % workers) as u16).collect();
+        Owners { workers, reta_mask: reta_size - 1, t, reta }
     }
 
     /// The Toeplitz hash of an SPI (as it is on the wire, big-endian).
@@ -75,13 +79,13 @@ impl Owners {
     /// The worker that owns the SA with this SPI (either direction).
     #[inline]
     pub fn of_spi(&self, spi: u32) -> usize {
-        (self.hash(spi) & self.reta_mask) as usize % self.workers
+        usize::from(self.reta[(self.hash(spi) & self.reta_mask) as usize])
     }
 
     /// The worker that reassembles fragments of this datagram.
     #[inline]
     pub fn of_fragment(&self, key: u64) -> usize {
-        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % self.workers
+        usize::from(self.reta[((key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u32 & self.reta_mask) as usize])
     }
 
     pub fn workers(&self) -> usize {

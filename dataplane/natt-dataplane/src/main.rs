@@ -102,14 +102,25 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
     if inline {
         worker::run(&sh, 0);
     } else {
+        let mut launched = Vec::new();
         for (i, &l) in lcores.iter().enumerate() {
             let shc = sh.clone();
-            if let Err(e) = eal::launch(l, move || worker::run(&shc, i)) {
-                sh.stop.store(true, Ordering::SeqCst);
-                failed.push(e.to_string());
+            match eal::launch(l, move || {
+                let _done = Finished(&shc.finished);
+                worker::run(&shc, i)
+            }) {
+                Ok(()) => launched.push(l),
+                Err(e) => {
+                    sh.stop.store(true, Ordering::SeqCst);
+                    failed.push(e.to_string());
+                }
             }
         }
-        for &l in &lcores {
+        // Sleep, not spin (rte_eal_wait_lcore spins): the main lcore's CPU stays free.
+        while sh.finished.load(Ordering::SeqCst) < launched.len() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for &l in &launched {
             if eal::wait(l) != 0 {
                 failed.push(format!("the worker on lcore {l} failed (it panicked: a bug; please report it)"));
             }
@@ -131,9 +142,19 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
     Ok(())
 }
 
+/// Counts a worker as finished when it returns or unwinds.
+struct Finished<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Instant) {
     let tick = Duration::from_millis(10);
     let mut last_print = Instant::now();
+    let mut last_totals = sh.dp.totals().0;
     let mut last_rx = 0u64;
     let mut last_change = Instant::now();
     let received = |sh: &setup::Shared| {
@@ -159,8 +180,11 @@ fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Ins
             }
         }
         if args.stats_period > 0.0 && last_print.elapsed().as_secs_f64() >= args.stats_period {
-            last_print = Instant::now();
+            let totals = sh.dp.totals().0;
             print!("{}", report::to_text(sh, started.elapsed().as_secs_f64(), false));
+            print!("{}", report::rates_text(&last_totals, &totals, last_print.elapsed().as_secs_f64()));
+            last_print = Instant::now();
+            last_totals = totals;
         }
     }
     sh.stop.store(true, Ordering::SeqCst);

@@ -92,6 +92,7 @@ pub fn to_json(sh: &Shared, elapsed_s: f64) -> Value {
     json!({
         "schema": SCHEMA,
         "elapsed_s": elapsed_s,
+        "tsc_hz": natt_dpdk::eal::tsc_hz(),
         "dispatch": sh.dispatch,
         "workers": workers,
         "totals": block_json(&total.0),
@@ -165,4 +166,29 @@ fn totals_text(t: &Totals) -> String {
         }
     }
     o
+}
+
+/// Per-second rates between two readings of the totals, as testpmd's periodic
+/// statistics show throughput.
+pub fn rates_text(before: &Totals, after: &Totals, seconds: f64) -> String {
+    let delta = |c| after.get(c).saturating_sub(before.get(c));
+    let packets =
+        delta(Counter::rx_public) + delta(Counter::rx_protected) + delta(Counter::rx_punt) + delta(Counter::rx_handoff);
+    let cycles = if packets > 0 { delta(Counter::busy_cycles) as f64 / packets as f64 } else { 0.0 };
+    let rate = |c| (after.get(c).saturating_sub(before.get(c))) as f64 / seconds.max(1e-9);
+    let rx = rate(Counter::rx_public) + rate(Counter::rx_protected) + rate(Counter::rx_punt);
+    let tx = rate(Counter::tx_public) + rate(Counter::tx_protected) + rate(Counter::tx_punt);
+    let bits =
+        (after.get(Counter::tx_bytes).saturating_sub(before.get(Counter::tx_bytes))) as f64 * 8.0 / seconds.max(1e-9);
+    let drops = (after.total_drops().saturating_sub(before.total_drops())) as f64 / seconds.max(1e-9);
+    format!(
+        "  rates: RX {:.3} Mpps  TX {:.3} Mpps ({:.2} Gbit/s)  decap {:.3} Mpps  encap {:.3} Mpps  drops {:.0}/s  cycles/packet {:.0}\n",
+        rx / 1e6,
+        tx / 1e6,
+        bits / 1e9,
+        rate(Counter::decap_packets) / 1e6,
+        rate(Counter::encap_packets) / 1e6,
+        drops,
+        cycles
+    )
 }

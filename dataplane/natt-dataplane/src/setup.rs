@@ -17,7 +17,7 @@ use natt_sadb::Reader;
 use natt_sadb::dp::DpSegment;
 use natt_sadb::layout::DpLayout;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 /// What a port is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +97,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Per worker: it has stopped reading ports.
     pub rx_stopped: Vec<AtomicBool>,
+    /// Workers that have returned.
+    pub finished: AtomicUsize,
     pub clock: Clock,
     /// Per worker, written once at exit: the SAs it owned and their counters.
     pub reports: Mutex<Vec<Option<crate::report::WorkerReport>>>,
@@ -341,6 +343,7 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
         inboxes: (0..workers).map(|_| ArrayQueue::new(1024)).collect(),
         stop: AtomicBool::new(false),
         rx_stopped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+        finished: AtomicUsize::new(0),
         clock: Clock::new(eal::rdtsc(), eal::tsc_hz()),
         reports: Mutex::new((0..workers).map(|_| None).collect()),
         plans,

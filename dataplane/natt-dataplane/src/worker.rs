@@ -41,6 +41,8 @@ pub struct IoCounters {
     pub bursts: u64,
     pub polls: u64,
     pub linearized: u64,
+    /// TSC cycles of loop iterations that found packets.
+    pub busy_cycles: u64,
 }
 
 type Eng<'a> = Engine<RingCrypto, ShmStore<'a, RingCrypto>>;
@@ -129,6 +131,9 @@ impl<'a> Worker<'a> {
             got += self.poll_rings(Lane::Outbound, &mut rx, &mut keep);
             self.flush_handoffs();
             self.drain(tsc, got == 0);
+            if got > 0 {
+                self.io.busy_cycles += eal::rdtsc().wrapping_sub(tsc);
+            }
             self.housekeeping(tsc);
             if stopping {
                 // Once every worker has stopped reading ports, empty our rings until
@@ -534,6 +539,7 @@ impl<'a> Worker<'a> {
         b.set(Counter::bursts, io.bursts);
         b.set(Counter::polls, io.polls);
         b.set(Counter::linearized, io.linearized);
+        b.set(Counter::busy_cycles, io.busy_cycles);
         for r in DropReason::ALL {
             b.set_drop(*r, c.drops_of(*r));
         }

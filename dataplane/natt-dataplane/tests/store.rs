@@ -35,7 +35,8 @@ impl Drop for Tmp {
 }
 
 fn key(spi: u32, v: u8) -> String {
-    (0..20u32).map(|i| format!("{:02x}", (spi.wrapping_mul(13) as u8) ^ (i as u8) ^ v.wrapping_mul(91))).collect()
+    let b = spi.to_be_bytes();
+    (0..20usize).map(|i| format!("{:02x}", b[i % 4] ^ (i as u8).wrapping_mul(37) ^ v.wrapping_mul(91))).collect()
 }
 
 fn sa(spi: u32, dir: &str, v: u8, ttl: u8) -> SaParams {

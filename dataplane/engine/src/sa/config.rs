@@ -190,6 +190,23 @@ pub fn check_set(sas: &[SaParams]) -> Result<(), (usize, FieldError)> {
             ));
         }
     }
+    // Two SAs with one key and salt would both count IVs from 1: the AES-GCM (or
+    // ChaCha20-Poly1305) nonces would repeat between them.
+    let mut by_key: HashMap<u64, usize> = HashMap::new();
+    for (i, s) in sas.iter().enumerate() {
+        if let Some(j) = by_key.insert(crate::crypto::key_fingerprint(s.key.expose(), &s.salt), i) {
+            return Err((
+                i,
+                FieldError::at(
+                    "key",
+                    format!(
+                        "the same key and salt as SA #{j} \"{}\": AES-GCM nonces would repeat between the two; give every SA its own key (IKE derives one per SA and direction)",
+                        sas[j].name
+                    ),
+                ),
+            ));
+        }
+    }
     let mut owner: HashMap<IpPrefix, usize> = HashMap::new();
     for (i, s) in sas.iter().enumerate() {
         if s.direction == Direction::Outbound {
@@ -740,7 +757,7 @@ mod tests {
     fn good_out() -> Value {
         json!({
             "name": "alice-out", "spi": 0x2001, "direction": "outbound",
-            "algorithm": "aes128gcm16", "key": "00112233445566778899aabbccddeeff01020304",
+            "algorithm": "aes128gcm16", "key": "ffeeddccbbaa99887766554433221100a1a2a3a4",
             "local": "203.0.113.1", "peer": "198.51.100.7", "encap": {"peer_port": 40000},
             "selectors": {"local": ["10.0.0.0/16"], "peer": ["10.8.0.2/32"]}, "ttl": 32, "df": "set"
         })
@@ -765,7 +782,7 @@ mod tests {
         assert_eq!(i.paired_spi, Some(0x2001));
         let o = &sas[1];
         assert_eq!(o.key.expose().len(), 16);
-        assert_eq!(o.salt, [1, 2, 3, 4]);
+        assert_eq!(o.salt, [0xa1, 0xa2, 0xa3, 0xa4]);
         assert_eq!(o.encap, Some(Encap { local_port: 4500, peer_port: 40000 }));
         assert_eq!((o.ttl, o.df), (32, DfPolicy::Set));
         assert_eq!(o.replay_window, 0);
@@ -803,8 +820,16 @@ mod tests {
         assert!(e.contains("field \"spi\": 0x7 is reserved"), "{e}");
         let e = error_of(vec![good_in()]);
         assert!(e.contains("field \"paired_spi\": no outbound SA has SPI 0x00002001"), "{e}");
-        let e = error_of(vec![good_in(), good_out(), with(with(good_out(), "name", json!("b")), "spi", json!(0x2002))]);
+        let b = with(with(with(good_out(), "name", json!("b")), "spi", json!(0x2002)), "key", json!("11".repeat(20)));
+        let e = error_of(vec![good_in(), good_out(), b]);
         assert!(e.contains("SA #2 \"b\" (spi 0x00002002), field \"selectors.peer\": 10.8.0.2/32 is already the selector of outbound SA #1"), "{e}");
+        // One key for two SAs: their nonces would collide.
+        let twin = with(with(good_in(), "name", json!("twin")), "spi", json!(0x1002));
+        let e = error_of(vec![good_in(), good_out(), twin]);
+        assert!(
+            e.contains("SA #2 \"twin\" (spi 0x00001002), field \"key\": the same key and salt as SA #0 \"alice-in\": AES-GCM nonces would repeat"),
+            "{e}"
+        );
         let e = error_of(vec![good_out(), with(good_out(), "name", json!("x"))]);
         assert!(e.contains("SPI 0x00002001 is already used by SA #0"), "{e}");
         let e = error_of(vec![

@@ -157,7 +157,9 @@ pub const fn pad_len_for(payload_len: usize) -> usize {
 /// Padding that makes payload and trailer a multiple of `align` bytes (a power of two
 /// from 4 to 16; RFC 4303 §2.4 allows more padding than alignment needs).
 pub const fn pad_len_to(payload_len: usize, align: usize) -> usize {
-    (align - (payload_len + TRAILER_LEN) % align) % align
+    // A power of two: a mask, not a division (this runs per packet).
+    let mask = align.next_power_of_two() - 1;
+    (mask + 1 - ((payload_len + TRAILER_LEN) & mask)) & mask
 }
 
 /// Write padding 1, 2, … `pad_len`, the pad length and the next header into `dst`,

@@ -215,10 +215,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Decrement the TTL and patch the checksum incrementally (RFC 1624).
     pub fn decrement_ttl(&mut self) {
         let b = self.buffer.as_mut();
+        // TTL and protocol share a 16-bit word: compute the new word in a register and
+        // store it whole (a byte store then a word load of it would stall forwarding).
         let old = be16(b, field::TTL);
-        b[field::TTL] = b[field::TTL].wrapping_sub(1);
-        let new = be16(b, field::TTL);
+        let new = old.wrapping_sub(0x100);
         let c = checksum::update16(be16(b, field::CHECKSUM), old, new);
+        put16(b, field::TTL, new);
         put16(b, field::CHECKSUM, c);
     }
 

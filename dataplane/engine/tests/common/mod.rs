@@ -140,7 +140,8 @@ pub const SPI_OUT: u32 = 0x0000_2001;
 
 fn key_hex(alg: &str, spi: u32) -> String {
     let n = if alg.starts_with("aes128") { 16 } else { 32 };
-    (0..n + 4).map(|i| format!("{:02x}", (i as u32 * 7 + spi) as u8)).collect()
+    // Every byte of the SPI matters: no two SAs share a key (the configuration refuses it).
+    (0..n + 4).map(|i| format!("{:02x}", (i as u32 * 7 + spi + (spi >> 8) * 31 + (spi >> 16) * 101) as u8)).collect()
 }
 
 fn merge(mut a: Value, b: &Value) -> Value {
