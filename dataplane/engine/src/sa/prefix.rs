@@ -117,11 +117,17 @@ fn mask(a: IpAddr, len: u8) -> IpAddr {
 }
 
 /// Selectors as packets are checked against them: address and mask pairs, computed
-/// once when the SA is installed.
+/// once when the SA is installed. The first two IPv4 and the first IPv6 selector are
+/// kept inline, in the SA's runtime state (most SAs have one per side): checking a
+/// packet then touches no other memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SelectorSet {
-    v4: Vec<(u32, u32)>,
-    v6: Vec<(u128, u128)>,
+    v4: [(u32, u32); 2],
+    v6: [(u128, u128); 1],
+    n4: u8,
+    n6: u8,
+    more4: Vec<(u32, u32)>,
+    more6: Vec<(u128, u128)>,
 }
 
 impl SelectorSet {
@@ -129,8 +135,24 @@ impl SelectorSet {
         let mut s = SelectorSet::default();
         for p in prefixes {
             match p.addr {
-                IpAddr::V4(a) => s.v4.push((a.to_bits(), v4_mask(u32::MAX, p.len))),
-                IpAddr::V6(a) => s.v6.push((a.to_bits(), v6_mask(u128::MAX, p.len))),
+                IpAddr::V4(a) => {
+                    let e = (a.to_bits(), v4_mask(u32::MAX, p.len));
+                    if usize::from(s.n4) < s.v4.len() {
+                        s.v4[usize::from(s.n4)] = e;
+                        s.n4 += 1;
+                    } else {
+                        s.more4.push(e);
+                    }
+                }
+                IpAddr::V6(a) => {
+                    let e = (a.to_bits(), v6_mask(u128::MAX, p.len));
+                    if usize::from(s.n6) < s.v6.len() {
+                        s.v6[usize::from(s.n6)] = e;
+                        s.n6 += 1;
+                    } else {
+                        s.more6.push(e);
+                    }
+                }
             }
         }
         s
@@ -141,11 +163,11 @@ impl SelectorSet {
         match a {
             IpAddr::V4(a) => {
                 let a = a.to_bits();
-                self.v4.iter().any(|&(p, m)| a & m == p)
+                self.v4[..usize::from(self.n4)].iter().chain(&self.more4).any(|&(p, m)| a & m == p)
             }
             IpAddr::V6(a) => {
                 let a = a.to_bits();
-                self.v6.iter().any(|&(p, m)| a & m == p)
+                self.v6[..usize::from(self.n6)].iter().chain(&self.more6).any(|&(p, m)| a & m == p)
             }
         }
     }
