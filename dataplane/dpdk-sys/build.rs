@@ -59,7 +59,7 @@ fn main() {
         .clang_args(&cflags)
         .allowlist_function("natt_.*")
         .allowlist_function("rte_eal_(init|cleanup|remote_launch|wait_lcore|mp_wait_lcore)")
-        .allowlist_function("rte_(get_main_lcore|lcore_count|get_next_lcore|socket_id|lcore_to_socket_id|get_tsc_hz|strerror|version)")
+        .allowlist_function("rte_(get_main_lcore|lcore_count|get_next_lcore|socket_id|lcore_to_socket_id|lcore_to_cpu_id|get_tsc_hz|strerror|version)")
         .allowlist_function("rte_eth_(dev_count_avail|dev_is_valid_port|dev_get_name_by_port|dev_socket_id|macaddr_get|stats_get|stats_reset|dev_stop|dev_close|link_get_nowait)")
         .allowlist_function("rte_pktmbuf_(pool_create|free_bulk)")
         .allowlist_function("rte_mempool_(free|avail_count|in_use_count)")

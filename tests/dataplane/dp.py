@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import time
@@ -228,9 +229,15 @@ class Control:
         path.write_text(json.dumps({"version": 1, "sas": sas}, indent=1))
         return self.cmd("apply", str(path), "--grace", str(grace), "--capacity", str(capacity))
 
-    def start_daemon(self, capacity=4096):
+    def start_daemon(self, capacity=4096, http=False):
+        """Start `natt-control run`; with http=True it serves statistics on a free
+        loopback port, whose base URL is then in self.url."""
+        self.url = None
+        if http:
+            port = free_port()
+            self.url = f"http://127.0.0.1:{port}"
         c = [binary("natt-control"), "--name", self.name, "--shm-dir", self.dir, "--state-dir", self.state, "run",
-             "--capacity", str(capacity), "--quiet"]
+             "--capacity", str(capacity), "--quiet", "--http", f"127.0.0.1:{port}" if http else "off"]
         self.daemon = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sock = os.path.join(self.state, f"{self.name}.sock")
         for _ in range(200):
@@ -244,6 +251,13 @@ class Control:
             self.daemon.send_signal(signal.SIGTERM)
             self.daemon.wait(timeout=30)
             self.daemon = None
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Dataplane:

@@ -199,7 +199,7 @@ def test_two_workers_each_sa_has_one_owner_and_keeps_order(tmp_path):
         pcap_port("net_pcap1", tmp_path / "plain.pcap", [tmp_path / "prot0.pcap", tmp_path / "prot1.pcap"]),
     ], lcores=None, eal=["--lcores", "0@0,1@0,2@1"])
     _, stats = dp.run()
-    assert stats["dispatch"] == "software"
+    assert stats["dataplane"]["dispatch"] == "software"
     assert drops(stats) == {}
 
     # Decapsulated requests leave by the TX queue of the worker that owns the inbound SA.

@@ -282,8 +282,11 @@ fn main() {
     };
     let mut daemon = std::process::Command::new(bin);
     common(&mut daemon);
-    let mut daemon =
-        daemon.args(["run", "--quiet", "--tick-ms", "5"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut daemon = daemon
+        .args(["run", "--quiet", "--tick-ms", "5", "--http", "off"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let sock = state.join("t.sock");
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         std::thread::sleep(Duration::from_millis(5));

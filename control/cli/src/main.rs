@@ -5,8 +5,10 @@
 
 mod daemon;
 mod events;
+mod http;
 mod ops;
 mod request;
+mod stats;
 
 use clap::{Parser, Subcommand};
 use natt_sadb::{Reader, Writer};
@@ -60,6 +62,10 @@ enum Command {
         /// Log events to the file only, not to stdout.
         #[arg(long)]
         quiet: bool,
+        /// Serve statistics over HTTP on this address (GET /stats, /stats/sa/<spi>,
+        /// /metrics); "off" to not serve them.
+        #[arg(long, default_value = "127.0.0.1:9180", value_name = "ADDR")]
+        http: String,
     },
     /// Make the installed SAs exactly those of FILE: add, replace, remove (inbound SAs
     /// after the grace period). All at once, or nothing.
@@ -110,6 +116,24 @@ enum Command {
         spi: String,
         #[arg(long)]
         direction: Option<String>,
+    },
+    /// Print the dataplane's statistics (the same as GET /stats): ports, counters, drops by
+    /// reason, latency; with --watch, every second with rates as testpmd shows them.
+    Stats {
+        /// Keep printing, every --interval seconds, with per-second rates.
+        #[arg(short, long)]
+        watch: bool,
+        #[arg(long, default_value = "1", value_parser = seconds)]
+        interval: Duration,
+        /// One SA instead (0x… or decimal): its configuration and the counters of the
+        /// worker that owns it (the same as GET /stats/sa/SPI).
+        #[arg(long, value_name = "SPI")]
+        sa: Option<String>,
+        #[arg(long)]
+        direction: Option<String>,
+        /// Prometheus text instead (the same as GET /metrics).
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Print dataplane events from the log (NAT mapping changes, lifetimes, expiry).
     Events {
@@ -223,8 +247,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Run { config, capacity, grace, tick_ms, quiet } => {
+        Command::Run { config, capacity, grace, tick_ms, quiet, http } => {
             state_dir(&cli)?;
+            if http != "off" {
+                let h = http::serve(http, cli.shm_dir.clone(), cli.name.clone()).map_err(Failure::usage)?;
+                eprintln!("natt-control: statistics on http://{}/stats", h.addr);
+            }
             let mut w = open_writer(&cli, *capacity)?;
             if let Some(path) = config {
                 let (file, text) = read_file(path)?;
@@ -285,6 +313,67 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Events { follow } => events(&cli, *follow),
+        Command::Stats { watch, interval, sa, direction, prometheus } => {
+            show_stats(&cli, *watch, *interval, sa.as_deref(), direction.as_deref(), *prometheus)
+        }
+    }
+}
+
+fn stats_failure(e: stats::StatsError) -> Failure {
+    match e {
+        stats::StatsError::BadRequest(m) => Failure::usage(m),
+        other => Failure::system(other.to_string()),
+    }
+}
+
+fn show_stats(
+    cli: &Cli,
+    watch: bool,
+    interval: Duration,
+    sa: Option<&str>,
+    direction: Option<&str>,
+    prometheus: bool,
+) -> Result<(), Failure> {
+    if let Some(spi) = sa {
+        let spi = stats::parse_spi(spi).map_err(stats_failure)?;
+        let dir = match direction {
+            None => None,
+            Some("in" | "inbound") => Some(natt_engine::sa::Direction::Inbound),
+            Some("out" | "outbound") => Some(natt_engine::sa::Direction::Outbound),
+            Some(d) => return Err(Failure::usage(format!("--direction {d}: use in or out"))),
+        };
+        let v = stats::sa(&cli.shm_dir, &cli.name, spi, dir).map_err(stats_failure)?;
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    if prometheus {
+        print!("{}", stats::prometheus(&cli.shm_dir, &cli.name).map_err(stats_failure)?);
+        return Ok(());
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop));
+    }
+    let mut prev: Option<(natt_sadb::view::StatsView, std::time::Instant)> = None;
+    loop {
+        let (view, doc) = stats::document(&cli.shm_dir, &cli.name).map_err(stats_failure)?;
+        if cli.json {
+            println!("{doc}");
+        } else {
+            let p = prev.as_ref().map(|(v, t)| (v, t.elapsed().as_secs_f64()));
+            print!("{}", stats::text(&view, p));
+        }
+        if !watch {
+            return Ok(());
+        }
+        prev = Some((view, std::time::Instant::now()));
+        let end = std::time::Instant::now() + interval;
+        while std::time::Instant::now() < end {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

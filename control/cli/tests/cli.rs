@@ -65,7 +65,7 @@ impl Env {
     fn daemon(&self) -> Daemon {
         let child = self
             .cmd()
-            .args(["run", "--tick-ms", "2", "--quiet"])
+            .args(["run", "--tick-ms", "2", "--quiet", "--http", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -11,6 +11,7 @@ use crate::db::AttachError;
 use crate::layout::*;
 use crate::map::{Mapping, segment_path};
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use natt_engine::event::{Event, EventKind, ExpiryCause, Limit};
 use natt_engine::sa::{Direction, Endpoint};
@@ -78,6 +79,16 @@ impl DpSegment {
             r.dropped.0.store(0, Relaxed);
         }
         h.sadb_created_ns.store(sadb_created_ns, Relaxed);
+        for i in 0..MAX_PORTS {
+            seg.port(i).id_role.store(0, Relaxed);
+        }
+        for w in 0..layout.max_workers {
+            let l = seg.latency(w);
+            l.version.store(0, Relaxed);
+            l.pairs.store(0, Relaxed);
+            let q = seg.query(w);
+            q.answered.store(q.asked.load(Relaxed), Relaxed);
+        }
         h.start_ns.store(now_ns(), Relaxed);
         h.workers.store(0, Relaxed);
         h.pid.store(std::process::id(), SeqCst);
@@ -236,14 +247,83 @@ impl DpSegment {
         }
     }
 
+    /// Events worker `i` lost because its ring was full.
+    pub fn dropped_event_count(&self, i: usize) -> u64 {
+        self.ring(i).dropped.0.load(Relaxed)
+    }
+
     /// Events lost because rings were full, per worker.
     pub fn dropped_events(&self) -> Vec<u64> {
         (0..self.layout.max_workers).map(|w| self.ring(w).dropped.0.load(Relaxed)).collect()
     }
 
+    /// Port slot `i` (of `MAX_PORTS`).
+    pub fn port(&self, i: usize) -> &PortSlot {
+        self.map.get(self.layout.ports + (i % MAX_PORTS) * core::mem::size_of::<PortSlot>()).expect("in layout")
+    }
+
+    /// Worker `i`'s latency histogram.
+    pub fn latency(&self, i: usize) -> &LatencyBlock {
+        self.map
+            .get(self.layout.latency + (i % self.layout.max_workers) * core::mem::size_of::<LatencyBlock>())
+            .expect("in layout")
+    }
+
+    /// Worker `i`'s SA question box.
+    pub fn query(&self, i: usize) -> &SaQuery {
+        self.map
+            .get(self.layout.queries + (i % self.layout.max_workers) * core::mem::size_of::<SaQuery>())
+            .expect("in layout")
+    }
+
+    /// Dataplane: describe the run (TSC rate, whether latency is measured, dispatch).
+    pub fn describe(&self, tsc_hz: u64, detail: bool, dispatch: &str) {
+        let h = self.header();
+        h.tsc_hz.store(tsc_hz, Relaxed);
+        h.flags.store(if detail { DP_FLAG_DETAIL } else { 0 }, Relaxed);
+        put_text(&h.dispatch, dispatch);
+    }
+
+    /// The file lock that serialises SA questions from control processes.
+    pub fn lock_queries(&self) -> Option<QueryLock<'_>> {
+        for _ in 0..200 {
+            if rustix::fs::flock(self.map.file(), rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+                return Some(QueryLock(self));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        None
+    }
+
     pub fn reservations(&self) -> Reservations<'_> {
         Reservations { b: self.map.slice(self.layout.resv, self.layout.resv_buckets).expect("in layout") }
     }
+}
+
+/// Held while asking the workers about an SA; released when dropped.
+pub struct QueryLock<'a>(&'a DpSegment);
+
+impl Drop for QueryLock<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(self.0.map.file(), rustix::fs::FlockOperation::Unlock);
+    }
+}
+
+/// Write `text` NUL-padded into `words` (truncated to fit).
+pub fn put_text(words: &[AtomicU64], text: &str) {
+    let mut b = vec![0u8; words.len() * 8];
+    let n = text.len().min(b.len());
+    b[..n].copy_from_slice(&text.as_bytes()[..n]);
+    for (w, c) in words.iter().zip(b.chunks(8)) {
+        w.store(u64::from_le_bytes(c.try_into().expect("8 bytes")), Relaxed);
+    }
+}
+
+/// Read NUL-padded text back (invalid UTF-8 is replaced, never trusted).
+pub fn get_text(words: &[AtomicU64]) -> String {
+    let b: Vec<u8> = words.iter().flat_map(|w| w.load(Relaxed).to_le_bytes()).collect();
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 /// A worker's end of its event ring. Owned by that worker alone.

@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const SADB_MAGIC: u64 = u64::from_be_bytes(*b"NATTSADB");
 pub const DP_MAGIC: u64 = u64::from_be_bytes(*b"NATTDPSG");
 /// Bumped on any change to either layout.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Offset of `SaRecord::key_len` (tests corrupt it on purpose).
 pub const KEY_LEN_OFFSET: usize = 64 + 44;
@@ -155,7 +155,17 @@ pub struct DpHeader {
     pub start_ns: AtomicU64,
     /// `created_ns` of the SA segment the dataplane attached.
     pub sadb_created_ns: AtomicU64,
+    /// TSC ticks per second (latency and cycle counters are in TSC cycles).
+    pub tsc_hz: AtomicU64,
+    /// Bit 0: per-packet latency and per-stage cycles are measured (`--stats-detail on`).
+    pub flags: AtomicU64,
+    /// How packets reach their SA's worker (NUL-padded text).
+    pub dispatch: [AtomicU64; 4],
+    pub _pad: [AtomicU64; 2],
 }
+
+/// `DpHeader::flags`: latency and stage cycles are measured.
+pub const DP_FLAG_DETAIL: u64 = 1;
 
 /// One worker's quiescence report and liveness, on its own line.
 #[repr(C, align(64))]
@@ -194,10 +204,69 @@ pub struct ResvEntry {
     pub _pad: AtomicU64,
 }
 
+/// Ports the dataplane describes in its segment.
+pub const MAX_PORTS: usize = 16;
+
+/// One port as the dataplane last read it (every 100 ms): identity and the PMD's
+/// counters, which only the DPDK process can read.
+#[repr(C, align(64))]
+pub struct PortSlot {
+    /// `1 << 63 | role << 16 | port id` once described; 0 for an unused slot.
+    pub id_role: AtomicU64,
+    /// NUL-padded names.
+    pub name: [AtomicU64; 4],
+    pub driver: [AtomicU64; 4],
+    /// The MAC address in the low 48 bits.
+    pub mac: AtomicU64,
+    /// ipackets, opackets, ibytes, obytes, imissed, ierrors, oerrors, rx_nombuf.
+    pub stats: [AtomicU64; 8],
+    pub rx_queues: AtomicU32,
+    pub tx_queues: AtomicU32,
+    pub _pad: [AtomicU64; 13],
+}
+
+/// Latency samples a worker exports: distinct histogram buckets at most.
+pub const LATENCY_PAIRS: usize = 1024;
+
+/// One worker's RX-to-TX latency histogram (TSC cycles), as (bucket value, count)
+/// pairs, under a sequence lock: `version` is odd while the worker rewrites it.
+#[repr(C, align(64))]
+pub struct LatencyBlock {
+    pub version: AtomicU64,
+    pub pairs: AtomicU64,
+    pub _pad: [AtomicU64; 6],
+    /// value, count, value, count, ...
+    pub data: [AtomicU64; 2 * LATENCY_PAIRS],
+}
+
+/// Fields of an SA's statistics in an `SaQuery` answer.
+pub const SA_FIELDS: usize = 56;
+
+/// A question to a worker about one SA (the control asks, the owning worker answers
+/// between bursts; workers that do not own it answer "not here").
+#[repr(C, align(64))]
+pub struct SaQuery {
+    /// The control increments `asked` after writing `spi` and `direction`.
+    pub asked: AtomicU64,
+    pub spi: AtomicU32,
+    /// 0 inbound, 1 outbound.
+    pub direction: AtomicU32,
+    pub _pad0: [AtomicU64; 6],
+    /// The worker stores `asked`'s value here after writing the answer.
+    pub answered: AtomicU64,
+    /// 1 if this worker holds the SA's state, 0 if not.
+    pub found: AtomicU64,
+    pub _pad1: [AtomicU64; 6],
+    pub fields: [AtomicU64; SA_FIELDS],
+}
+
 const _: () = {
+    assert!(core::mem::size_of::<PortSlot>() == 4 * CACHE_LINE);
+    assert!(core::mem::size_of::<LatencyBlock>() == CACHE_LINE + 16 * LATENCY_PAIRS);
+    assert!(core::mem::size_of::<SaQuery>() == 2 * CACHE_LINE + 8 * SA_FIELDS);
     assert!(core::mem::size_of::<SadbHeader>() == 4 * CACHE_LINE);
     assert!(core::mem::size_of::<SaRecord>() == RECORD_SIZE);
-    assert!(core::mem::size_of::<DpHeader>() == CACHE_LINE);
+    assert!(core::mem::size_of::<DpHeader>() == 2 * CACHE_LINE);
     assert!(core::mem::size_of::<WorkerSlot>() == CACHE_LINE);
     assert!(core::mem::size_of::<RingHeader>() == 3 * CACHE_LINE);
     assert!(core::mem::size_of::<EventSlot>() == CACHE_LINE);
@@ -270,6 +339,9 @@ pub struct DpLayout {
     pub workers: usize,
     pub counters: usize,
     pub rings: usize,
+    pub ports: usize,
+    pub latency: usize,
+    pub queries: usize,
     pub resv: usize,
     pub total: usize,
 }
@@ -298,9 +370,24 @@ impl DpLayout {
         let counters = align_up(workers + max_workers * core::mem::size_of::<WorkerSlot>(), 4096);
         let rings = align_up(counters + max_workers * crate::stats::SLOTS * 8, 4096);
         let ring_bytes = core::mem::size_of::<RingHeader>() + ring_entries * core::mem::size_of::<EventSlot>();
-        let resv = align_up(rings + max_workers * ring_bytes, 4096);
+        let ports = align_up(rings + max_workers * ring_bytes, 4096);
+        let latency = align_up(ports + MAX_PORTS * core::mem::size_of::<PortSlot>(), 4096);
+        let queries = align_up(latency + max_workers * core::mem::size_of::<LatencyBlock>(), 4096);
+        let resv = align_up(queries + max_workers * core::mem::size_of::<SaQuery>(), 4096);
         let total = align_up(resv + resv_buckets * core::mem::size_of::<ResvEntry>(), 2 << 20);
-        Some(DpLayout { max_workers, ring_entries, resv_buckets, workers, counters, rings, resv, total })
+        Some(DpLayout {
+            max_workers,
+            ring_entries,
+            resv_buckets,
+            workers,
+            counters,
+            rings,
+            ports,
+            latency,
+            queries,
+            resv,
+            total,
+        })
     }
 
     pub fn ring(&self, worker: usize) -> usize {

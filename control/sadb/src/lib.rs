@@ -14,9 +14,11 @@ pub mod dp;
 pub mod index;
 pub mod layout;
 pub mod map;
+pub mod query;
 pub mod reader;
 pub mod record;
 pub mod stats;
+pub mod view;
 pub mod writer;
 
 pub use db::{AttachError, Sadb};

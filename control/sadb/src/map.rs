@@ -36,6 +36,12 @@ unsafe impl Shared for RingHeader {}
 unsafe impl Shared for EventSlot {}
 // SAFETY: as above.
 unsafe impl Shared for ResvEntry {}
+// SAFETY: as above.
+unsafe impl Shared for PortSlot {}
+// SAFETY: as above.
+unsafe impl Shared for LatencyBlock {}
+// SAFETY: as above.
+unsafe impl Shared for SaQuery {}
 
 /// A mapped shared-memory file.
 pub struct Mapping {

@@ -148,6 +148,26 @@ impl Reader {
         }
     }
 
+    /// The SA installed now with this direction and SPI, decoded (keys included: the
+    /// caller must not print them).
+    pub fn installed(&self, dir: Direction, spi: u32) -> Option<crate::writer::Installed> {
+        let s = self.snapshot();
+        let f = match dir {
+            Direction::Inbound => self.inbound(&s, spi),
+            Direction::Outbound => self.outbound_by_spi(&s, spi),
+        }?;
+        let r = self.db.record(f.slot)?;
+        let params = decode(r).ok()?;
+        let at = r.remove_at_ns.load(Relaxed);
+        Some(crate::writer::Installed {
+            params,
+            slot: f.slot,
+            uid: f.uid,
+            generation: r.from_gen.load(Relaxed),
+            remove_at_ns: (at != 0).then_some(at),
+        })
+    }
+
     /// The SPI of the SA in `slot` (to find the worker that owns it).
     #[inline]
     pub fn spi(&self, slot: u32) -> Option<u32> {

@@ -69,6 +69,13 @@ counters! {
     polls = 27: "poll loop iterations",
     linearized = 28: "multi-segment packets copied into one mbuf",
     busy_cycles = 29: "TSC cycles spent in loop iterations that had packets to process (cycles per packet = busy_cycles / packets)",
+    rx_cycles = 30: "TSC cycles in RX bursts that returned packets (ports and rings)",
+    dispatch_cycles = 31: "TSC cycles classifying packets and handing them to their SA's worker",
+    decap_cycles = 32: "TSC cycles in the engine's decapsulation",
+    encap_cycles = 33: "TSC cycles in the engine's encapsulation",
+    tx_cycles = 34: "TSC cycles routing verdicts and sending",
+    frag_pending = 35: "fragments held for reassembly now (a gauge)",
+    tx_pending = 36: "packets waiting in TX buffers now (a gauge)",
 }
 
 /// One worker's block.

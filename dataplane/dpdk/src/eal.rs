@@ -78,6 +78,13 @@ pub fn lcore_socket(lcore: u32) -> u32 {
     unsafe { dpdk_sys::rte_lcore_to_socket_id(lcore) }
 }
 
+/// The CPU an lcore runs on (`None` if it is not pinned to one).
+pub fn lcore_cpu(lcore: u32) -> Option<usize> {
+    // SAFETY: plain query; returns -1 for an lcore without a single CPU.
+    let c = unsafe { dpdk_sys::rte_lcore_to_cpu_id(lcore as i32) };
+    usize::try_from(c).ok()
+}
+
 /// The lcore the caller runs on.
 pub fn lcore_id() -> u32 {
     // SAFETY: reads the per-thread lcore id.

@@ -138,6 +138,26 @@ impl Mbuf {
         m.nb_segs == 1 && m.next.is_null() && m.ol_flags & IND_OR_EXT == 0 && m.refcnt == 1
     }
 
+    /// A word the application may use: the mbuf's hash union in its first cache line
+    /// (RSS / flow-director results), which nothing reads after RX. The dataplane keeps
+    /// the packet's RX timestamp there, so it survives handoffs between workers.
+    #[inline]
+    pub fn set_stamp(&mut self, v: u64) {
+        let m = self.m_mut();
+        let p = core::ptr::addr_of_mut!(m.__bindgen_anon_2).cast::<u64>();
+        // SAFETY: the union is 8 bytes of plain integers inside the mbuf we own mutably;
+        // any bit pattern is valid; it may be unaligned, hence write_unaligned.
+        unsafe { p.write_unaligned(v) }
+    }
+
+    #[inline]
+    pub fn stamp(&self) -> u64 {
+        let m = self.m();
+        let p = core::ptr::addr_of!(m.__bindgen_anon_2).cast::<u64>();
+        // SAFETY: as in `set_stamp`; reading 8 bytes of integers.
+        unsafe { p.read_unaligned() }
+    }
+
     /// The frame (first segment).
     #[inline]
     pub fn data(&self) -> &[u8] {
@@ -353,3 +373,4 @@ impl Drop for Burst {
 }
 
 const _: () = assert!(std::mem::size_of::<Mbuf>() == std::mem::size_of::<*mut rte_mbuf>());
+const _: () = assert!(std::mem::size_of::<dpdk_sys::rte_mbuf__bindgen_ty_2>() == 8);

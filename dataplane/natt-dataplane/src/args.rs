@@ -110,6 +110,10 @@ pub struct Args {
     /// Print statistics every SECONDS (0: only at exit).
     #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
     pub stats_period: f64,
+    /// Measure each packet's RX-to-TX latency (per-worker histograms) and the cycles of
+    /// each processing stage. Counters are always kept.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub stats_detail: String,
     /// Also write the final statistics as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,

@@ -59,6 +59,9 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
     let inline = worker_lcores.is_empty();
     let lcores = if inline { vec![eal::main_lcore()] } else { worker_lcores };
     let sh = Arc::new(setup::build(args, &lcores).map_err(|e| e.0)?);
+    sh.dp.describe(eal::tsc_hz(), sh.cfg.detail, sh.dispatch);
+    report::publish_ports(&sh);
+    register_telemetry(&sh);
     if let Err(e) = eal::pdump_init() {
         eprintln!("natt-dataplane: note: dpdk-dumpcap cannot attach ({e}); it needs hugepages and no --in-memory");
     }
@@ -142,6 +145,64 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
     Ok(())
 }
 
+/// DPDK telemetry commands, for `dpdk-telemetry.py`: `/natt/stats` (the counters summed
+/// over workers, every drop reason as `drop_<reason>`, the accounting and the latency
+/// quantiles in ns) and `/natt/worker,<n>` (worker n's counters).
+fn register_telemetry(sh: &Arc<setup::Shared>) {
+    let s = sh.clone();
+    let stats = move |_: &str| {
+        let v = natt_sadb::view::collect(&s.dp);
+        let mut out = flat(&v.totals);
+        let a = v.accounting();
+        out.extend([
+            ("in".to_owned(), a.packets_in),
+            ("out".to_owned(), a.packets_out),
+            ("dropped".to_owned(), a.dropped),
+            ("consumed".to_owned(), a.consumed),
+            ("pending".to_owned(), a.pending),
+            ("workers".to_owned(), v.workers.len() as u64),
+        ]);
+        if let Some(h) = v.merged_latency() {
+            let l = v.latency_of(&h);
+            out.extend([
+                ("latency_p50_ns".to_owned(), l.p50_ns as u64),
+                ("latency_p99_ns".to_owned(), l.p99_ns as u64),
+                ("latency_max_ns".to_owned(), l.max_ns as u64),
+            ]);
+        }
+        out
+    };
+    let s = sh.clone();
+    let worker = move |params: &str| {
+        let v = natt_sadb::view::collect(&s.dp);
+        params
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .and_then(|w| v.workers.get(w))
+            .map(|w| flat(&w.counters))
+            .unwrap_or_default()
+    };
+    for r in [
+        natt_dpdk::telemetry::register("/natt/stats", "natt counters summed over workers. Takes no parameters.", stats),
+        natt_dpdk::telemetry::register(
+            "/natt/worker",
+            "One natt worker's counters. Parameter: the worker index.",
+            worker,
+        ),
+    ] {
+        if let Err(e) = r {
+            eprintln!("natt-dataplane: note: {e}; dpdk-telemetry.py will not see natt's counters");
+        }
+    }
+}
+
+fn flat(t: &natt_sadb::stats::Totals) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Counter::ALL.iter().map(|c| (c.name().to_owned(), t.get(*c))).collect();
+    out.extend(natt_engine::DropReason::ALL.iter().map(|r| (format!("drop_{}", r.name()), t.drop(*r))));
+    out
+}
+
 /// Counts a worker as finished when it returns or unwinds.
 struct Finished<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -151,10 +212,21 @@ impl Drop for Finished<'_> {
     }
 }
 
+/// Pin the monitor thread (which EAL does not launch) to a CPU no worker polls on, if
+/// there is one, so it never takes time from a worker.
+fn pin_monitor(sh: &setup::Shared) {
+    let busy: Vec<usize> = sh.plans.iter().filter_map(|p| eal::lcore_cpu(p.lcore)).collect();
+    if let Some(core) = core_affinity::get_core_ids().unwrap_or_default().into_iter().find(|c| !busy.contains(&c.id)) {
+        core_affinity::set_for_current(core);
+    }
+}
+
 fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Instant) {
+    pin_monitor(sh);
     let tick = Duration::from_millis(10);
     let mut last_print = Instant::now();
     let mut last_totals = sh.dp.totals().0;
+    let mut last_ports = Instant::now();
     let mut last_rx = 0u64;
     let mut last_change = Instant::now();
     let received = |sh: &setup::Shared| {
@@ -178,6 +250,10 @@ fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Ins
             } else if rx > 0 && last_change.elapsed() >= Duration::from_millis(ms) {
                 break;
             }
+        }
+        if last_ports.elapsed() >= Duration::from_millis(100) {
+            last_ports = Instant::now();
+            report::publish_ports(sh);
         }
         if args.stats_period > 0.0 && last_print.elapsed().as_secs_f64() >= args.stats_period {
             let totals = sh.dp.totals().0;

@@ -7,12 +7,11 @@ use crate::setup::Shared;
 use natt_dpdk::port;
 use natt_engine::reason::DropReason;
 use natt_engine::sa::{Direction, Endpoint};
-use natt_sadb::stats::{Counter, DROP_BASE, SLOTS, Totals};
+use natt_sadb::dp::put_text;
+use natt_sadb::stats::{Counter, Totals};
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
-
-/// The version of the JSON written by `--stats-json`.
-pub const SCHEMA: &str = "natt-dataplane-stats/1";
+use std::sync::atomic::Ordering::{Relaxed, Release};
 
 /// An SA as its owning worker left it.
 #[derive(Clone, Debug)]
@@ -32,33 +31,35 @@ pub struct WorkerReport {
     pub sas: Vec<SaReport>,
 }
 
-fn block_json(b: &[u64; SLOTS]) -> Value {
-    let mut m = Map::new();
-    for c in Counter::ALL {
-        m.insert(c.name().into(), b[*c as usize].into());
+/// Write each port's identity and PMD counters into the dataplane segment, where
+/// natt-control reads them (only this process can ask DPDK).
+pub fn publish_ports(sh: &Shared) {
+    for (i, p) in sh.ports.iter().flatten().enumerate() {
+        let slot = sh.dp.port(i);
+        let st = port::stats(p.info.id);
+        for (o, v) in slot.stats.iter().zip([
+            st.ipackets,
+            st.opackets,
+            st.ibytes,
+            st.obytes,
+            st.imissed,
+            st.ierrors,
+            st.oerrors,
+            st.rx_nombuf,
+        ]) {
+            o.store(v, Relaxed);
+        }
+        if slot.id_role.load(Relaxed) >> 63 == 0 {
+            put_text(&slot.name, &p.info.name);
+            put_text(&slot.driver, &p.info.driver);
+            let mut mac = [0u8; 8];
+            mac[2..].copy_from_slice(&p.mac);
+            slot.mac.store(u64::from_be_bytes(mac), Relaxed);
+            slot.rx_queues.store(u32::from(p.rxq), Relaxed);
+            slot.tx_queues.store(u32::from(p.txq), Relaxed);
+            slot.id_role.store(1 << 63 | (p.role as u64) << 16 | u64::from(p.info.id), Release);
+        }
     }
-    let mut d = Map::new();
-    for r in DropReason::ALL {
-        d.insert(r.name().into(), b[DROP_BASE + *r as usize].into());
-    }
-    m.insert("drops".into(), Value::Object(d));
-    Value::Object(m)
-}
-
-fn port_json(sh: &Shared) -> Vec<Value> {
-    sh.ports
-        .iter()
-        .flatten()
-        .map(|p| {
-            let s = port::stats(p.info.id);
-            json!({
-                "port": p.info.id, "role": p.role.name(), "name": p.info.name, "driver": p.info.driver,
-                "mac": port::mac_string(&p.mac), "rx_queues": p.rxq, "tx_queues": p.txq,
-                "ipackets": s.ipackets, "opackets": s.opackets, "ibytes": s.ibytes, "obytes": s.obytes,
-                "imissed": s.imissed, "ierrors": s.ierrors, "oerrors": s.oerrors, "rx_nombuf": s.rx_nombuf,
-            })
-        })
-        .collect()
 }
 
 fn sa_json(s: &SaReport) -> Value {
@@ -70,35 +71,24 @@ fn sa_json(s: &SaReport) -> Value {
     })
 }
 
-/// Everything, as JSON.
+/// Everything, as JSON: the schema natt-control serves (`natt_sadb::view`), with the
+/// run's length and, per worker, the SAs it owned at exit.
 pub fn to_json(sh: &Shared, elapsed_s: f64) -> Value {
-    let (total, each) = sh.dp.totals();
+    publish_ports(sh);
+    let mut v = natt_sadb::view::collect(&sh.dp).to_json();
+    v["elapsed_s"] = elapsed_s.into();
     let reports = sh.reports.lock().map(|r| r.clone()).unwrap_or_default();
-    let workers: Vec<Value> = each
-        .iter()
-        .map(|(w, t)| {
-            let mut v = block_json(&t.0);
-            v["worker"] = (*w).into();
-            v["lcore"] = sh.plans.get(*w).map_or(Value::Null, |p| p.lcore.into());
+    if let Some(ws) = v["workers"].as_array_mut() {
+        for (w, wv) in ws.iter_mut().enumerate() {
             let sas: Vec<Value> = reports
-                .get(*w)
+                .get(w)
                 .and_then(|r| r.as_ref())
                 .map(|r| r.sas.iter().map(sa_json).collect())
                 .unwrap_or_default();
-            v["sas"] = Value::Array(sas);
-            v
-        })
-        .collect();
-    json!({
-        "schema": SCHEMA,
-        "elapsed_s": elapsed_s,
-        "tsc_hz": natt_dpdk::eal::tsc_hz(),
-        "dispatch": sh.dispatch,
-        "workers": workers,
-        "totals": block_json(&total.0),
-        "ports": port_json(sh),
-        "events_dropped": sh.dp.dropped_events().iter().sum::<u64>(),
-    })
+            wv["sas"] = Value::Array(sas);
+        }
+    }
+    v
 }
 
 /// The text block printed at exit (and every --stats-period).
@@ -129,6 +119,27 @@ pub fn to_text(sh: &Shared, elapsed_s: f64, final_stats: bool) -> String {
             );
         }
     }
+    let view = natt_sadb::view::collect(&sh.dp);
+    if let Some(h) = view.merged_latency() {
+        let l = view.latency_of(&h);
+        let _ = writeln!(
+            o,
+            "  latency RX->TX: p50 {:.0} ns  p90 {:.0} ns  p99 {:.0} ns  p99.9 {:.0} ns  max {:.0} ns ({} packets)",
+            l.p50_ns, l.p90_ns, l.p99_ns, l.p999_ns, l.max_ns, l.count
+        );
+    }
+    let c = view.to_json()["cycles_per_packet"].clone();
+    let f = |k: &str| c[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.0}"));
+    let _ = writeln!(
+        o,
+        "  cycles/packet: rx {}  dispatch {}  decap {}  encap {}  tx {}  busy {}",
+        f("rx"),
+        f("dispatch"),
+        f("decap"),
+        f("encap"),
+        f("tx"),
+        f("busy")
+    );
     let _ = writeln!(o, "  dispatch: {}; {:.1} s", sh.dispatch, elapsed_s);
     let _ = writeln!(o, "  {}", "+".repeat(76));
     o

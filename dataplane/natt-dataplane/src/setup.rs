@@ -66,6 +66,8 @@ pub struct Plan {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub burst: usize,
+    /// Measure per-packet latency and per-stage cycles.
+    pub detail: bool,
     pub drain_us: u64,
     pub natt_ports: Vec<u16>,
     pub engine: natt_engine::EngineConfig,
@@ -329,6 +331,7 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
     Ok(Shared {
         cfg: Config {
             burst: usize::from(args.burst),
+            detail: args.stats_detail == "on",
             drain_us: args.drain_us,
             natt_ports: args.natt_ports.clone(),
             engine,

@@ -124,6 +124,12 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         Some((found, spi))
     }
 
+    /// The runtime state of the SA with this direction and SPI, if this worker holds it.
+    pub fn runtime(&self, dir: Direction, spi: u32) -> Option<&SaRuntime<B::Key>> {
+        let slot = *self.by_spi.get(&(dir, spi))?;
+        self.cache.get(slot as usize)?.as_ref().map(|c| &c.entry.rt).filter(|rt| rt.spi == spi)
+    }
+
     /// Every SA loaded in this worker: its runtime state (for reports).
     pub fn loaded(&self) -> impl Iterator<Item = &SaRuntime<B::Key>> {
         self.cache.iter().flatten().map(|c| &c.entry.rt)

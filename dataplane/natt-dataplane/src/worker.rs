@@ -43,7 +43,15 @@ pub struct IoCounters {
     pub linearized: u64,
     /// TSC cycles of loop iterations that found packets.
     pub busy_cycles: u64,
+    /// Cycles per stage (with `--stats-detail on`): RX, dispatch, decap, encap, TX.
+    pub stage_cycles: [u64; 5],
 }
+
+const RX: usize = 0;
+const DISPATCH: usize = 1;
+const DECAP: usize = 2;
+const ENCAP: usize = 3;
+const TX: usize = 4;
 
 type Eng<'a> = Engine<RingCrypto, ShmStore<'a, RingCrypto>>;
 
@@ -65,6 +73,11 @@ struct Worker<'a> {
     drain_ticks: u64,
     last_drain: u64,
     last_publish: u64,
+    /// Per-packet latency and per-stage cycles (`--stats-detail`).
+    detail: bool,
+    /// RX-to-TX latency in TSC cycles, exported every 100 ms.
+    latency: hdrhistogram::Histogram<u64>,
+    last_latency: u64,
 }
 
 /// Run worker `me` until `sh.stop`; returns 0.
@@ -88,6 +101,9 @@ pub fn run(sh: &Shared, me: usize) -> i32 {
         drain_ticks: sh.clock.ticks_us(sh.cfg.drain_us).max(1),
         last_drain: 0,
         last_publish: 0,
+        detail: sh.cfg.detail,
+        latency: natt_sadb::view::new_histogram(),
+        last_latency: 0,
     };
     w.main_loop();
     w.shut_down();
@@ -147,7 +163,24 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// The quiescent point: new SA snapshot, NAT updates from other workers, clock.
+    /// The TSC if stage timing is on.
+    #[inline]
+    fn stamp(&self) -> u64 {
+        if self.detail { eal::rdtsc() } else { 0 }
+    }
+
+    #[inline]
+    fn charge(&mut self, stage: usize, since: u64) -> u64 {
+        if !self.detail {
+            return 0;
+        }
+        let now = eal::rdtsc();
+        self.io.stage_cycles[stage] += now.wrapping_sub(since);
+        now
+    }
+
+    /// The quiescent point: new SA snapshot, NAT updates from other workers, clock,
+    /// and questions from the control process about an SA.
     #[inline]
     fn begin(&mut self) -> u64 {
         let tsc = eal::rdtsc();
@@ -156,6 +189,10 @@ impl<'a> Worker<'a> {
         let generation = self.engine.store_mut().refresh();
         self.sh.dp.quiescent(self.me, generation, self.host.now_wall_ns);
         self.engine.store_mut().apply_nat_updates();
+        let q = self.sh.dp.query(self.me);
+        if let Some((ticket, dir, spi)) = natt_sadb::query::pending(q) {
+            natt_sadb::query::answer(q, ticket, self.engine.store().runtime(dir, spi));
+        }
         self.io.polls += 1;
         tsc
     }
@@ -163,10 +200,18 @@ impl<'a> Worker<'a> {
     #[inline]
     fn poll_port(&mut self, role: Role, q: u16, burst: usize, rx: &mut Burst) -> usize {
         let Some((id, _)) = self.tx_port[role as usize] else { return 0 };
+        let t0 = eal::rdtsc();
         let n = port::rx_burst_max(id, q, rx, burst);
         if n > 0 {
             self.io.rx[role as usize] += n as u64;
             self.io.bursts += 1;
+            if self.detail {
+                // The RX time travels with the packet (through handoffs too).
+                for m in rx.iter_mut() {
+                    m.set_stamp(t0);
+                }
+                self.charge(RX, t0);
+            }
         }
         n
     }
@@ -196,12 +241,14 @@ impl<'a> Worker<'a> {
         if rx.is_empty() {
             return;
         }
+        let t = self.stamp();
         for m in rx.drain() {
             if let Some(m) = self.plain(m, true) {
                 self.dispatch_in(m, keep, true);
             }
         }
-        self.decap(keep);
+        let t = self.charge(DISPATCH, t);
+        self.decap(keep, t);
     }
 
     /// Keep a packet whose SA this worker owns, hand the others over. Fragments go to
@@ -241,7 +288,7 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn decap(&mut self, keep: &mut Burst) {
+    fn decap(&mut self, keep: &mut Burst, t: u64) {
         let n = keep.len();
         if n == 0 {
             return;
@@ -261,6 +308,7 @@ impl<'a> Worker<'a> {
                 *f = (p.head(), p.len());
             }
         }
+        let t = self.charge(DECAP, t);
         for (i, mut m) in keep.drain().enumerate() {
             match self.in_res[i].verdict {
                 InVerdict::Tunnel => {
@@ -275,6 +323,7 @@ impl<'a> Worker<'a> {
                 InVerdict::Keepalive | InVerdict::Held | InVerdict::Drop(_) => drop(m),
             }
         }
+        self.charge(TX, t);
     }
 
     // ---- outbound: protected side (and the host) to public side ----
@@ -283,12 +332,14 @@ impl<'a> Worker<'a> {
         if rx.is_empty() {
             return;
         }
+        let t = self.stamp();
         for m in rx.drain() {
             if let Some(m) = self.plain(m, false) {
                 self.dispatch_out(m, keep, source);
             }
         }
-        self.encap(keep);
+        let t = self.charge(DISPATCH, t);
+        self.encap(keep, t);
     }
 
     /// Keep a packet whose outbound SA this worker owns, hand the others over. What the
@@ -310,7 +361,7 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn encap(&mut self, keep: &mut Burst) {
+    fn encap(&mut self, keep: &mut Burst, t: u64) {
         let n = keep.len();
         if n == 0 {
             return;
@@ -329,6 +380,7 @@ impl<'a> Worker<'a> {
                 *f = (p.head(), p.len());
             }
         }
+        let t = self.charge(ENCAP, t);
         for (i, mut m) in keep.drain().enumerate() {
             match self.out_res[i].verdict {
                 OutVerdict::Encapsulated => {
@@ -339,6 +391,7 @@ impl<'a> Worker<'a> {
                 OutVerdict::Drop(_) => drop(m),
             }
         }
+        self.charge(TX, t);
     }
 
     // ---- around the engine ----
@@ -465,14 +518,36 @@ impl<'a> Worker<'a> {
     fn flush_tx(&mut self, r: usize) {
         let Some((id, q)) = self.tx_port[r] else { return };
         let b = &mut self.tx[r];
+        if b.is_empty() {
+            return;
+        }
+        let t0 = if self.detail { eal::rdtsc() } else { 0 };
+        let mut stamps = [0u64; BURST_MAX];
+        if self.detail {
+            for (s, m) in stamps.iter_mut().zip(b.iter_mut()) {
+                *s = m.stamp();
+            }
+        }
         let mut tries = 0;
+        let mut done = 0;
         while !b.is_empty() && tries < 4 {
             let sent = port::tx_burst(id, q, b);
             self.io.tx[r] += sent as u64;
+            done += sent;
             tries += 1;
         }
         let lost = b.len();
+        if self.detail {
+            // RX to TX, for every packet sent.
+            for &s in &stamps[..done] {
+                if s != 0 {
+                    self.latency.saturating_record(t0.wrapping_sub(s).max(1));
+                }
+            }
+            self.charge(TX, t0);
+        }
         if lost > 0 {
+            let b = &mut self.tx[r];
             let bytes: u64 = b.iter_mut().map(|m| u64::from(m.pkt_len())).sum();
             self.io.tx_bytes -= bytes.min(self.io.tx_bytes);
             b.clear();
@@ -504,6 +579,10 @@ impl<'a> Worker<'a> {
         self.last_publish = tsc;
         self.engine.expire(self.now_ns);
         self.publish();
+        if self.detail && tsc.wrapping_sub(self.last_latency) >= self.sh.clock.ticks_us(100_000) {
+            self.last_latency = tsc;
+            natt_sadb::view::write_latency(self.sh.dp.latency(self.me), &self.latency);
+        }
     }
 
     fn publish(&self) {
@@ -540,6 +619,14 @@ impl<'a> Worker<'a> {
         b.set(Counter::polls, io.polls);
         b.set(Counter::linearized, io.linearized);
         b.set(Counter::busy_cycles, io.busy_cycles);
+        b.set(Counter::rx_cycles, io.stage_cycles[RX]);
+        b.set(Counter::dispatch_cycles, io.stage_cycles[DISPATCH]);
+        b.set(Counter::decap_cycles, io.stage_cycles[DECAP]);
+        b.set(Counter::encap_cycles, io.stage_cycles[ENCAP]);
+        b.set(Counter::tx_cycles, io.stage_cycles[TX]);
+        b.set(Counter::frag_pending, u64::from(self.engine.reassembler().held()));
+        b.set(Counter::tx_pending, self.tx.iter().map(|t| t.len() as u64).sum());
+        b.set(Counter::events_dropped, self.sh.dp.dropped_event_count(self.me));
         for r in DropReason::ALL {
             b.set_drop(*r, c.drops_of(*r));
         }
@@ -551,6 +638,9 @@ impl<'a> Worker<'a> {
             self.flush_tx(r);
         }
         self.publish();
+        if self.detail {
+            natt_sadb::view::write_latency(self.sh.dp.latency(self.me), &self.latency);
+        }
         let sas = self
             .engine
             .store()

@@ -17,27 +17,28 @@ use natt_engine::sa::config::parse_config;
 use natt_engine::wire::checksum::checksum;
 use natt_engine::{Engine, EngineConfig, InResult, OutResult, PktBuf, SaParams};
 
+// Every SA has its own key: the configuration refuses two SAs with one key and salt.
 const CONFIG: &str = r#"{"sas": [
- {"name": "t-in", "spi": "0x1001", "direction": "inbound", "algorithm": "aes128-gcm", "key": "000102030405060708090a0b0c0d0e0f10111213",
+ {"name": "t-in", "spi": "0x1001", "direction": "inbound", "algorithm": "aes128-gcm", "key": "a00102030405060708090a0b0c0d0e0f10111213",
   "local": "203.0.113.1", "peer": "198.51.100.7", "encap": {"local_port": 4500, "peer_port": 4500}, "replay_window": 64,
   "selectors": {"local": ["10.0.0.0/16", "fd00:10::/64"], "peer": ["10.8.0.2/32", "fd00:8::2/128"]}, "paired_spi": "0x2001",
   "lifetime": {"soft_packets": 3, "hard_packets": 1000}},
  {"name": "x-in", "spi": "0x1002", "direction": "inbound", "mode": "transport", "algorithm": "chacha20-poly1305",
-  "key": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223", "esn": true, "replay_window": 0,
+  "key": "b00102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223", "esn": true, "replay_window": 0,
   "local": "203.0.113.1", "peer": "198.51.100.8", "encap": null},
  {"name": "g-in", "spi": "0x1003", "direction": "inbound", "algorithm": "aes256-gmac", "esn": true, "replay_window": 4096,
-  "key": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223", "last_seq": 4294967000,
+  "key": "c00102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223", "last_seq": 4294967000,
   "local": "203.0.113.1", "peer": "198.51.100.9", "encap": {"local_port": 4500, "peer_port": 4500},
   "selectors": {"local": ["0.0.0.0/0"], "peer": ["0.0.0.0/0", "::/0"]}},
- {"name": "t-out", "spi": "0x2001", "direction": "outbound", "algorithm": "aes128-gcm", "key": "000102030405060708090a0b0c0d0e0f10111213",
+ {"name": "t-out", "spi": "0x2001", "direction": "outbound", "algorithm": "aes128-gcm", "key": "d00102030405060708090a0b0c0d0e0f10111213",
   "local": "203.0.113.1", "peer": "198.51.100.7", "encap": {"local_port": 4500, "peer_port": 4500},
   "selectors": {"local": ["10.0.0.0/16", "fd00:10::/64"], "peer": ["10.8.0.2/32", "fd00:8::2/128"]}},
  {"name": "v6-out", "spi": "0x2002", "direction": "outbound", "algorithm": "aes256-gcm", "esn": true, "last_seq": 4294967290,
-  "key": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223",
+  "key": "e00102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223",
   "local": "2001:db8::1", "peer": "2001:db8::2", "encap": {"local_port": 4500, "peer_port": 4500},
   "selectors": {"local": ["::/0", "0.0.0.0/0"], "peer": ["10.9.0.0/16", "fd00:9::/32"]}},
  {"name": "tr-out", "spi": "0x2003", "direction": "outbound", "mode": "transport", "algorithm": "aes128-gcm",
-  "key": "000102030405060708090a0b0c0d0e0f10111213", "local": "203.0.113.1", "peer": "198.51.100.8", "encap": null}
+  "key": "f00102030405060708090a0b0c0d0e0f10111213", "local": "203.0.113.1", "peer": "198.51.100.8", "encap": null}
 ]}"#;
 
 fn seal(p: &SaParams, seq: u64, body: &[u8]) -> Vec<u8> {
