@@ -61,9 +61,9 @@ install_python() {
         log "creating $venv"
         python3 -m venv "$venv"
     fi
-    if ! "$venv/bin/python" -c 'import scapy, pytest, cryptography' 2>/dev/null; then
-        log "pip install scapy pytest cryptography (into .venv)"
-        "$venv/bin/pip" install -q --disable-pip-version-check 'scapy==2.8.0' 'pytest>=7' 'cryptography>=41'
+    if ! "$venv/bin/python" -c 'import scapy, pytest, cryptography, prometheus_client' 2>/dev/null; then
+        log "pip install scapy pytest cryptography prometheus_client (into .venv)"
+        "$venv/bin/pip" install -q --disable-pip-version-check 'scapy==2.8.0' 'pytest>=7' 'cryptography>=41' 'prometheus_client>=0.17'
     fi
 }
 

@@ -160,13 +160,17 @@ fn register_telemetry(sh: &Arc<setup::Shared>) {
             ("dropped".to_owned(), a.dropped),
             ("consumed".to_owned(), a.consumed),
             ("pending".to_owned(), a.pending),
+            ("balanced".to_owned(), u64::from(a.balanced())),
             ("workers".to_owned(), v.workers.len() as u64),
         ]);
         if let Some(h) = v.merged_latency() {
             let l = v.latency_of(&h);
             out.extend([
+                ("latency_count".to_owned(), l.count),
                 ("latency_p50_ns".to_owned(), l.p50_ns as u64),
+                ("latency_p90_ns".to_owned(), l.p90_ns as u64),
                 ("latency_p99_ns".to_owned(), l.p99_ns as u64),
+                ("latency_p999_ns".to_owned(), l.p999_ns as u64),
                 ("latency_max_ns".to_owned(), l.max_ns as u64),
             ]);
         }
