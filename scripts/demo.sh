@@ -2,14 +2,18 @@
 # The main job: the headend on virtual ports, no NIC needed.
 #
 #  1. natt-control starts as a daemon with the sample SA set (samples/headend.json: four
-#     remote clients) and writes the shared SA table.
+#     remote clients), writes the shared SA table and serves statistics over HTTP on
+#     NATT_DEMO_HTTP (default 127.0.0.1:9180; GET /stats, /stats/sa/<spi>, /metrics).
 #  2. natt-dataplane replays samples/natt.pcap into its public port (ESP in UDP made by
 #     scapy, IKE, a keepalive, a fragmented packet, a NAT rebinding, hostile packets) and
 #     samples/plain.pcap into its protected port (replies), through net_pcap. What it
-#     sends goes to out/demo/{public,protected,kernel}.pcap; its statistics are printed.
+#     sends goes to out/demo/{public,protected,kernel}.pcap; `natt-control stats` prints
+#     what it counted, per port and per drop reason.
 #  3. It runs again for NATT_DEMO_SECONDS (default 5) on a looped capture of replies
-#     (net_pcap infinite_rx into the protected port, the public port to net_null),
-#     printing statistics every second, then stops as on Ctrl-C.
+#     (net_pcap infinite_rx into the protected port, the public port to net_null), while
+#     `natt-control stats --watch` shows rates as testpmd does, one SA's counters are
+#     asked of the worker that owns it, and GET /metrics is scraped; then it stops as on
+#     Ctrl-C.
 #  4. The events the dataplane reported (the NAT rebinding) are shown, and tshark
 #     summarises what left.
 #
@@ -36,7 +40,8 @@ mkdir -p "$OUT/shm" "$OUT/state"
 C=("$CTL" --name demo --shm-dir "$OUT/shm" --state-dir "$OUT/state")
 
 step "natt-control run --config samples/headend.json"
-"${C[@]}" run --config samples/headend.json --quiet &
+HTTP="${NATT_DEMO_HTTP:-127.0.0.1:9180}"
+"${C[@]}" run --config samples/headend.json --quiet --http "$HTTP" &
 CTL_PID=$!
 trap 'kill $CTL_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -S "$OUT/state/demo.sock" ] && break; sleep 0.05; done
@@ -50,13 +55,37 @@ step "natt-dataplane: replay the sample captures through net_pcap"
     --vdev "net_pcap0,rx_pcap=samples/natt.pcap,tx_pcap=$OUT/public.pcap" \
     --vdev "net_pcap1,rx_pcap=samples/plain.pcap,tx_pcap=$OUT/protected.pcap" \
     --vdev "net_pcap2,rx_pcap=samples/empty.pcap,tx_pcap=$OUT/kernel.pcap" \
-    -- "${APP[@]}" --punt 2 --idle-exit 500 --duration 30 --stats-json "$OUT/stats.json"
+    -- "${APP[@]}" --punt 2 --idle-exit 500 --duration 30 --stats-json "$OUT/stats.json" >"$OUT/dataplane.log"
 
-step "natt-dataplane: ${NATT_DEMO_SECONDS:-5} s of looped replies, statistics every second"
+step "natt-control stats (what the dataplane counted)"
+"${C[@]}" stats
+
+SECS="${NATT_DEMO_SECONDS:-5}"
+step "natt-dataplane: $SECS s of looped replies; natt-control stats --watch"
 "$DP" "${EAL[@]}" \
     --vdev "net_null0,no-rx=1" \
     --vdev "net_pcap1,rx_pcap=samples/load.pcap,tx_pcap=/dev/null,infinite_rx=1" \
-    -- "${APP[@]}" --stats-period 1 --duration "${NATT_DEMO_SECONDS:-5}"
+    -- "${APP[@]}" --duration "$SECS" >"$OUT/dataplane-load.log" &
+DP_PID=$!
+sleep 1
+"${C[@]}" stats --watch --interval 1 &
+WATCH_PID=$!
+sleep "$(( SECS > 3 ? SECS - 2 : 1 ))"
+kill -INT $WATCH_PID 2>/dev/null || true
+wait $WATCH_PID || true
+
+step "natt-control stats --sa 0x2001 (asked of the worker that owns it; also GET /stats/sa/0x2001)"
+"${C[@]}" stats --sa 0x2001 --direction out
+
+step "GET http://$HTTP/metrics (excerpt)"
+python3 - "$HTTP" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
+for line in text.splitlines():
+    if line.startswith(("natt_up", "natt_encap_packets_total", "natt_latency_seconds{", 'natt_drops_total{worker="0",reason="no_outbound_sa"}')):
+        print(line)
+PY
+wait $DP_PID
 
 step "natt-control events"
 sleep 0.2
@@ -71,4 +100,4 @@ if command -v tshark >/dev/null; then
     tshark -n -r "$OUT/kernel.pcap" 2>/dev/null
 fi
 echo
-echo "captures and stats.json are in $OUT"
+echo "captures, logs and stats.json are in $OUT"

@@ -127,14 +127,16 @@ def live(tmp_path_factory):
     ], opts=["--punt", "2", "--dispatch", "software"], lcores=None,
         eal=["--lcores", "0@0,1@0,2@1", "--file-prefix", prefix]).start()
 
-    # Wait until every packet is accounted for and the histograms have caught up.
+    # Wait until every packet is accounted for and the ports and histograms have caught up.
     url = ctl.url
     deadline = time.monotonic() + 60
     while True:
         s = get_json(f"{url}/stats")
         a = s["accounting"]
         done = a["in"] == len(pub) + len(prot) and a["pending"] == 0 and a["balanced"]
-        if done and (s["latency"] or {}).get("count") == a["out"]:
+        # Port counters are read from the PMDs every 100 ms, histograms exported as often.
+        ports_done = (sum(p["ipackets"] for p in s["ports"]), sum(p["opackets"] for p in s["ports"])) == (a["in"], a["out"])
+        if done and ports_done and (s["latency"] or {}).get("count") == a["out"]:
             break
         assert time.monotonic() < deadline, f"the capture was not processed: {json.dumps(s['accounting'])}"
         time.sleep(0.1)

@@ -148,3 +148,17 @@ impl Totals {
         DropReason::ALL.iter().map(|r| self.drop(*r)).sum()
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use super::Counter;
+
+    #[test]
+    fn every_counter_is_documented_in_the_readme() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        for c in Counter::ALL {
+            let row = format!("| `{}` | {} |", c.name(), c.description());
+            assert!(readme.contains(&row), "README.md lacks the row {row}");
+        }
+    }
+}

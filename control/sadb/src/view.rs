@@ -27,7 +27,7 @@ pub const PORT_COUNTERS: [&str; 8] =
     ["ipackets", "opackets", "ibytes", "obytes", "imissed", "ierrors", "oerrors", "rx_nombuf"];
 
 /// Highest latency tracked, in TSC cycles (beyond it values are clamped).
-const LATENCY_MAX: u64 = 1 << 40;
+pub const LATENCY_MAX: u64 = 1 << 40;
 
 #[derive(Clone, Debug)]
 pub struct PortView {
@@ -151,7 +151,7 @@ pub fn write_latency(b: &LatencyBlock, h: &Histogram<u64>) {
         } else {
             let last = 2 * (LATENCY_PAIRS - 1);
             b.data[last].store(value, Relaxed);
-            b.data[last + 1].store(b.data[last + 1].load(Relaxed) + count, Relaxed);
+            b.data[last + 1].store(b.data[last + 1].load(Relaxed).saturating_add(count), Relaxed);
         }
     }
     b.pairs.store(n as u64, Relaxed);
@@ -399,7 +399,10 @@ impl StatsView {
                 let _ = writeln!(
                     o,
                     "natt_port_{k}_total{{port=\"{}\",role=\"{}\",name=\"{}\"}} {}",
-                    p.id, p.role, p.name, p.stats[i]
+                    p.id,
+                    p.role,
+                    label(&p.name),
+                    p.stats[i]
                 );
             }
         }
@@ -412,9 +415,9 @@ impl StatsView {
             for (q, v) in
                 [("0.5", l.p50_ns), ("0.9", l.p90_ns), ("0.99", l.p99_ns), ("0.999", l.p999_ns), ("1", l.max_ns)]
             {
-                let _ = writeln!(o, "natt_latency_seconds{{quantile=\"{q}\"}} {:e}", v / 1e9);
+                let _ = writeln!(o, "natt_latency_seconds{{quantile=\"{q}\"}} {:.9}", v / 1e9);
             }
-            let _ = writeln!(o, "natt_latency_seconds_sum {:e}", l.mean_ns * l.count as f64 / 1e9);
+            let _ = writeln!(o, "natt_latency_seconds_sum {:.9}", l.mean_ns * l.count as f64 / 1e9);
             let _ = writeln!(o, "natt_latency_seconds_count {}", l.count);
         }
         let _ = writeln!(
@@ -426,4 +429,100 @@ impl StatsView {
     }
 }
 
+/// A Prometheus label value: backslash, double quote and newline escaped (port names come
+/// from shared memory and are not trusted to be tame).
+fn label(v: &str) -> String {
+    let mut o = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c if c.is_control() => {}
+            c => o.push(c),
+        }
+    }
+    o
+}
+
 const _: () = assert!(SLOTS >= 64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicU64;
+
+    fn block() -> Box<LatencyBlock> {
+        Box::new(LatencyBlock {
+            version: AtomicU64::new(0),
+            pairs: AtomicU64::new(0),
+            _pad: Default::default(),
+            data: core::array::from_fn(|_| AtomicU64::new(0)),
+        })
+    }
+
+    #[test]
+    fn latency_survives_the_shared_block() {
+        let mut h = new_histogram();
+        for v in [100u64, 200, 200, 300, 5_000, 1_000_000, 77] {
+            h.record(v).unwrap();
+        }
+        let b = block();
+        assert!(read_latency(&b).is_none(), "an empty block is no histogram");
+        write_latency(&b, &h);
+        assert_eq!(b.version.load(Relaxed) % 2, 0);
+        let got = read_latency(&b).unwrap();
+        assert_eq!(got.len(), 7);
+        for q in [0.0, 0.25, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(got.value_at_quantile(q), h.highest_equivalent(h.value_at_quantile(q)), "q {q}");
+        }
+        // Twice: the sequence number moves on, the content is replaced.
+        let mut h2 = new_histogram();
+        h2.record(42).unwrap();
+        write_latency(&b, &h2);
+        assert_eq!(b.version.load(Relaxed), 4);
+        assert_eq!(read_latency(&b).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn more_buckets_than_pairs_keep_every_count() {
+        let mut h = new_histogram();
+        for v in 1..=100_000u64 {
+            h.record(v).unwrap();
+        }
+        let b = block();
+        write_latency(&b, &h);
+        assert_eq!(b.pairs.load(Relaxed) as usize, LATENCY_PAIRS);
+        let got = read_latency(&b).unwrap();
+        assert_eq!(got.len(), 100_000);
+        assert_eq!(got.max(), h.max());
+    }
+
+    #[test]
+    fn a_hostile_block_is_clamped_not_trusted() {
+        let b = block();
+        b.pairs.store(u64::MAX, Relaxed);
+        for (i, w) in b.data.iter().enumerate() {
+            w.store(if i % 2 == 0 { [0, u64::MAX, 3][i % 3] } else { u64::MAX }, Relaxed);
+        }
+        let h = read_latency(&b).unwrap();
+        assert!(h.max() <= h.highest_equivalent(LATENCY_MAX));
+        assert!(h.min() >= 1);
+        // Always odd: a writer that never finishes; the reader gives up.
+        b.version.store(1, Relaxed);
+        assert!(read_latency(&b).is_none());
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("net_pcap0"), "net_pcap0");
+        assert_eq!(label("a\"b\\c\nd\re"), "a\\\"b\\\\c\\nde");
+    }
+
+    #[test]
+    fn accounting_identity() {
+        let a = Accounting { packets_in: 10, packets_out: 5, dropped: 2, consumed: 1, pending: 2 };
+        assert!(a.balanced());
+        assert!(!Accounting { pending: 1, ..a }.balanced());
+    }
+}
