@@ -78,6 +78,10 @@ fn listen(socket: &Path, jobs: Sender<Job>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How often the daemon checks the dataplane's sequence-number reservations; past half
+/// full, those of outbound SAs no longer installed are forgotten.
+const RESERVATION_SWEEP: Duration = Duration::from_secs(60);
+
 /// Run until signalled. `w` is the attached writer; `startup` already applied.
 pub fn run(mut w: Writer, opts: Options) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -92,6 +96,7 @@ pub fn run(mut w: Writer, opts: Options) -> Result<(), String> {
     let names = Reader::attach(&opts.shm_dir, &opts.name).ok();
     let mut dp: Option<DpSegment> = None;
     let mut last_tick = Instant::now();
+    let mut last_sweep = Instant::now();
     eprintln!(
         "natt-control: serving {} ({} SAs installed, generation {}); events to {}",
         opts.socket.display(),
@@ -127,6 +132,17 @@ pub fn run(mut w: Writer, opts: Options) -> Result<(), String> {
         let hk = w.housekeeping(now_ns(), readers);
         for (dir, spi) in &hk.drained {
             eprintln!("natt-control: grace period over, removed {} SA 0x{spi:08x}", dir.name());
+        }
+        if let Some(d) = dp.as_ref().filter(|_| last_sweep.elapsed() >= RESERVATION_SWEEP) {
+            last_sweep = Instant::now();
+            let r = d.reservations();
+            let (used, room) = r.occupancy();
+            if used > room / 2 {
+                let n = r.sweep(|spi| w.is_installed(natt_engine::sa::Direction::Outbound, spi));
+                eprintln!(
+                    "natt-control: forgot the sequence-number reservations of {n} removed outbound SAs ({used} of {room} in use)"
+                );
+            }
         }
         if let Some(d) = dp.as_ref() {
             let quiet = opts.quiet_events;

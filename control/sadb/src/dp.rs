@@ -525,6 +525,31 @@ impl Reservations<'_> {
         }
     }
 
+    /// How many SPIs have a reservation, and how many could.
+    pub fn occupancy(&self) -> (usize, usize) {
+        let used = self.b.iter().filter(|e| e.key.load(Relaxed) & RESV_USED != 0).count();
+        (used, self.b.len())
+    }
+
+    /// Forget the reservations of every SPI `keep` refuses (SAs no longer installed), so
+    /// that a headend rekeying all day never runs out of room. Returns how many were
+    /// forgotten. A worker still sending on such an SPI records it again at its next
+    /// block. What is lost: a removed key installed again later under the same SPI starts
+    /// from its configured sequence number (see the README's nonce-safety note).
+    pub fn sweep(&self, keep: impl Fn(u32) -> bool) -> usize {
+        let mut n = 0;
+        for e in self.b {
+            let k = e.key.load(Acquire);
+            if k & RESV_USED == 0 || keep((k >> 32) as u32) {
+                continue;
+            }
+            if e.key.compare_exchange(k, RESV_TOMB, SeqCst, Relaxed).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Every recorded reservation: (SPI, key fingerprint, highest reserved).
     pub fn entries(&self) -> Vec<(u32, u64, u64)> {
         self.b
@@ -606,6 +631,29 @@ mod tests {
         assert_eq!(total, 8);
         assert!(bad >= 1);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn sweeping_forgets_only_what_is_not_kept() {
+        let d = tmp("sweep");
+        let seg = DpSegment::open_or_create(&d, "s", DpLayout::new(1, 8, 64).unwrap(), 1).unwrap();
+        let r = seg.reservations();
+        for spi in 0x1000..0x1020u32 {
+            assert!(r.reserve(spi, u64::from(spi) * 3, 65536));
+        }
+        assert_eq!(r.occupancy(), (32, 64));
+        assert_eq!(r.sweep(|spi| spi % 2 == 0), 16);
+        assert_eq!(r.occupancy(), (16, 64));
+        for spi in 0x1000..0x1020u32 {
+            let want = (spi % 2 == 0).then_some(65536);
+            assert_eq!(r.get(spi, u64::from(spi) * 3), want, "spi {spi:x}");
+        }
+        // Room again: 48 new SPIs fit where 32 did before.
+        for spi in 0x2000..0x2030u32 {
+            assert!(r.reserve(spi, 1, 7), "spi {spi:x}");
+        }
+        assert_eq!(r.occupancy(), (64, 64));
+        assert_eq!(r.sweep(|_| true), 0);
     }
 
     #[test]

@@ -397,6 +397,11 @@ impl Writer {
         v
     }
 
+    /// Whether an SA with this direction and SPI is installed (visible or draining).
+    pub fn is_installed(&self, direction: Direction, spi: u32) -> bool {
+        self.visible.contains_key(&(direction, spi))
+    }
+
     /// One installed SA.
     pub fn get(&self, direction: Direction, spi: u32) -> Option<Installed> {
         let &slot = self.visible.get(&(direction, spi))?;
