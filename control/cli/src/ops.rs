@@ -256,40 +256,9 @@ pub fn rekey(
 
 /// An installed SA without its key.
 pub fn sa_json(i: &Installed) -> Value {
-    let p = &i.params;
-    let mut v = json!({
-        "name": p.name,
-        "spi": format!("0x{:08x}", p.spi),
-        "direction": p.direction.name(),
-        "mode": p.mode.name(),
-        "algorithm": p.algorithm.name(),
-        "local": p.local.to_string(),
-        "peer": p.peer.to_string(),
-        "encap": p.encap.map(|e| json!({"local_port": e.local_port, "peer_port": e.peer_port})),
-        "esn": p.esn,
-        "selectors": {
-            "local": p.selectors.local.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            "peer": p.selectors.peer.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        },
-        "lifetime": {
-            "soft_bytes": p.lifetime.soft_bytes, "hard_bytes": p.lifetime.hard_bytes,
-            "soft_packets": p.lifetime.soft_packets, "hard_packets": p.lifetime.hard_packets,
-        },
-        "generation": i.generation,
-        "state": if i.remove_at_ns.is_some() { "draining" } else { "active" },
-    });
-    match p.direction {
-        Direction::Inbound => {
-            v["replay_window"] = p.replay_window.into();
-            v["nat_update"] = p.nat_update.into();
-            v["paired_spi"] = p.paired_spi.map_or(Value::Null, |s| format!("0x{s:08x}").into());
-        }
-        Direction::Outbound => {
-            v["ttl"] = p.ttl.into();
-            v["df"] = p.df.name().into();
-            v["pad_to"] = p.pad_to.into();
-        }
-    }
+    let mut v = natt_engine::sa::config::public_json(&i.params);
+    v["generation"] = i.generation.into();
+    v["state"] = if i.remove_at_ns.is_some() { "draining" } else { "active" }.into();
     if let Some(at) = i.remove_at_ns {
         v["remove_at_ns"] = at.into();
     }

@@ -102,7 +102,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let out = std::io::stdout();
             let mut out = out.lock();
             for e in engine.sas().iter() {
-                writeln!(out, "{}", report::sa_summary(&e.params)).map_err(|e| e.to_string())?;
+                writeln!(out, "{}", natt_engine::sa::config::public_json(&e.params)).map_err(|e| e.to_string())?;
             }
             Ok(())
         }

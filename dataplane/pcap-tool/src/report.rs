@@ -3,7 +3,7 @@
 
 use natt_engine::event::endpoint_json;
 use natt_engine::reason::{DropReason, PuntReason};
-use natt_engine::sa::{Direction, SaParams};
+use natt_engine::sa::Direction;
 use natt_engine::{Engine, Event, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -103,29 +103,6 @@ pub fn encap_line<B: AsRef<[u8]> + AsMut<[u8]>>(
         m.insert("events".into(), events_json(events));
     }
     Value::Object(m)
-}
-
-/// An SA without its key, for `check`.
-pub fn sa_summary(p: &SaParams) -> Value {
-    let mut v = json!({
-        "name": p.name,
-        "spi": spi_hex(p.spi),
-        "direction": p.direction.name(),
-        "mode": p.mode.name(),
-        "algorithm": p.algorithm.name(),
-        "local": p.local.to_string(),
-        "peer": p.peer.to_string(),
-        "encap": p.encap.map(|e| json!({"local_port": e.local_port, "peer_port": e.peer_port})),
-        "esn": p.esn,
-        "selectors": {
-            "local": p.selectors.local.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            "peer": p.selectors.peer.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        },
-    });
-    if p.direction == Direction::Inbound {
-        v["replay_window"] = p.replay_window.into();
-    }
-    v
 }
 
 /// Counters at the end of a run.

@@ -631,6 +631,43 @@ impl Fields<'_> {
     }
 }
 
+/// An SA's settings as JSON, in the configuration's field names, without its key and
+/// salt: what tools print about an SA (natt-pcap check, natt-control show and stats).
+pub fn public_json(p: &SaParams) -> Value {
+    let mut v = serde_json::json!({
+        "name": p.name,
+        "spi": format!("0x{:08x}", p.spi),
+        "direction": p.direction.name(),
+        "mode": p.mode.name(),
+        "algorithm": p.algorithm.name(),
+        "local": p.local.to_string(),
+        "peer": p.peer.to_string(),
+        "encap": p.encap.map(|e| serde_json::json!({"local_port": e.local_port, "peer_port": e.peer_port})),
+        "esn": p.esn,
+        "selectors": {
+            "local": p.selectors.local.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "peer": p.selectors.peer.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        },
+        "lifetime": {
+            "soft_bytes": p.lifetime.soft_bytes, "hard_bytes": p.lifetime.hard_bytes,
+            "soft_packets": p.lifetime.soft_packets, "hard_packets": p.lifetime.hard_packets,
+        },
+    });
+    match p.direction {
+        Direction::Inbound => {
+            v["replay_window"] = p.replay_window.into();
+            v["nat_update"] = p.nat_update.into();
+            v["paired_spi"] = p.paired_spi.map_or(Value::Null, |s| format!("0x{s:08x}").into());
+        }
+        Direction::Outbound => {
+            v["ttl"] = p.ttl.into();
+            v["df"] = p.df.name().into();
+            v["pad_to"] = p.pad_to.into();
+        }
+    }
+    v
+}
+
 fn suggest(k: &str, known: &[&str]) -> String {
     let best = known.iter().map(|c| (edit_distance(k, c), *c)).min();
     match best {
