@@ -148,19 +148,9 @@ pub fn text(v: &StatsView, prev: Option<(&StatsView, f64)>) -> String {
         }
     }
     let _ = writeln!(o, "  dropped        {}", t.total_drops());
-    for r in natt_engine::DropReason::ALL {
-        let n = t.drop(*r);
-        if n > 0 {
-            let _ = writeln!(o, "    {:<24} {:<10} {}", r.name(), n, r.description());
-        }
-    }
+    o.push_str(&view::drops_text(t));
     if let Some(h) = v.merged_latency() {
-        let l = v.latency_of(&h);
-        let _ = writeln!(
-            o,
-            "  latency RX->TX  p50 {:.0} ns  p90 {:.0} ns  p99 {:.0} ns  p99.9 {:.0} ns  max {:.0} ns",
-            l.p50_ns, l.p90_ns, l.p99_ns, l.p999_ns, l.max_ns
-        );
+        let _ = writeln!(o, "  {}", v.latency_of(&h).line());
     }
     let a = v.accounting();
     let _ = writeln!(

@@ -231,23 +231,58 @@ fn counters_json(t: &Totals) -> Value {
     Value::Object(m)
 }
 
-fn ratio(a: u64, b: u64) -> Value {
-    if b == 0 { Value::Null } else { json!(((a as f64 / b as f64) * 10.0).round() / 10.0) }
+/// Processing cycles per packet, per stage (`None` where no packet passed the stage),
+/// rounded to a tenth.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CyclesPerPacket {
+    pub rx: Option<f64>,
+    pub dispatch: Option<f64>,
+    pub decap: Option<f64>,
+    pub encap: Option<f64>,
+    pub tx: Option<f64>,
+    pub busy: Option<f64>,
 }
 
-/// Processing cycles per packet, per stage.
-fn cycles_json(t: &Totals) -> Value {
+pub fn cycles_per_packet(t: &Totals) -> CyclesPerPacket {
+    let ratio = |a: u64, b: u64| (b != 0).then(|| ((a as f64 / b as f64) * 10.0).round() / 10.0);
     let rx =
         t.get(Counter::rx_public) + t.get(Counter::rx_protected) + t.get(Counter::rx_punt) + t.get(Counter::rx_handoff);
     let tx = t.get(Counter::tx_public) + t.get(Counter::tx_protected) + t.get(Counter::tx_punt);
-    json!({
-        "rx": ratio(t.get(Counter::rx_cycles), rx),
-        "dispatch": ratio(t.get(Counter::dispatch_cycles), rx),
-        "decap": ratio(t.get(Counter::decap_cycles), t.get(Counter::in_packets)),
-        "encap": ratio(t.get(Counter::encap_cycles), t.get(Counter::out_packets)),
-        "tx": ratio(t.get(Counter::tx_cycles), tx),
-        "busy": ratio(t.get(Counter::busy_cycles), rx),
-    })
+    CyclesPerPacket {
+        rx: ratio(t.get(Counter::rx_cycles), rx),
+        dispatch: ratio(t.get(Counter::dispatch_cycles), rx),
+        decap: ratio(t.get(Counter::decap_cycles), t.get(Counter::in_packets)),
+        encap: ratio(t.get(Counter::encap_cycles), t.get(Counter::out_packets)),
+        tx: ratio(t.get(Counter::tx_cycles), tx),
+        busy: ratio(t.get(Counter::busy_cycles), rx),
+    }
+}
+
+fn cycles_json(t: &Totals) -> Value {
+    let c = cycles_per_packet(t);
+    json!({"rx": c.rx, "dispatch": c.dispatch, "decap": c.decap, "encap": c.encap, "tx": c.tx, "busy": c.busy})
+}
+
+/// Every nonzero drop reason, one line each: name, count, description.
+pub fn drops_text(t: &Totals) -> String {
+    let mut o = String::new();
+    for r in DropReason::ALL {
+        let n = t.drop(*r);
+        if n > 0 {
+            let _ = writeln!(o, "    {:<24} {:<10} {}", r.name(), n, r.description());
+        }
+    }
+    o
+}
+
+impl Latency {
+    /// One line of text: the quantiles and how many packets they cover.
+    pub fn line(&self) -> String {
+        format!(
+            "latency RX->TX  p50 {:.0} ns  p90 {:.0} ns  p99 {:.0} ns  p99.9 {:.0} ns  max {:.0} ns ({} packets)",
+            self.p50_ns, self.p90_ns, self.p99_ns, self.p999_ns, self.max_ns, self.count
+        )
+    }
 }
 
 impl StatsView {

@@ -94,7 +94,7 @@ pub fn to_json(sh: &Shared, elapsed_s: f64) -> Value {
 /// The text block printed at exit (and every --stats-period).
 pub fn to_text(sh: &Shared, elapsed_s: f64, final_stats: bool) -> String {
     let mut o = String::new();
-    let (t, each) = sh.dp.totals();
+    let view = natt_sadb::view::collect(&sh.dp);
     for p in sh.ports.iter().flatten() {
         let s = port::stats(p.info.id);
         let title = format!(" statistics for port {} ({}, {}) ", p.info.id, p.role.name(), p.info.name);
@@ -105,9 +105,9 @@ pub fn to_text(sh: &Shared, elapsed_s: f64, final_stats: bool) -> String {
     }
     let title = if final_stats { " natt totals " } else { " natt totals so far " };
     let _ = writeln!(o, "  {:+^76}", title);
-    o.push_str(&totals_text(&t));
-    if each.len() > 1 {
-        for (w, c) in &each {
+    o.push_str(&totals_text(&view.totals));
+    if view.workers.len() > 1 {
+        for (w, c) in view.workers.iter().map(|w| (w.index, &w.counters)) {
             let _ = writeln!(
                 o,
                 "  worker {w}: decap {} encap {} handed over {} received from others {} drops {}",
@@ -119,26 +119,20 @@ pub fn to_text(sh: &Shared, elapsed_s: f64, final_stats: bool) -> String {
             );
         }
     }
-    let view = natt_sadb::view::collect(&sh.dp);
     if let Some(h) = view.merged_latency() {
-        let l = view.latency_of(&h);
-        let _ = writeln!(
-            o,
-            "  latency RX->TX: p50 {:.0} ns  p90 {:.0} ns  p99 {:.0} ns  p99.9 {:.0} ns  max {:.0} ns ({} packets)",
-            l.p50_ns, l.p90_ns, l.p99_ns, l.p999_ns, l.max_ns, l.count
-        );
+        let _ = writeln!(o, "  {}", view.latency_of(&h).line());
     }
-    let c = view.to_json()["cycles_per_packet"].clone();
-    let f = |k: &str| c[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.0}"));
+    let c = natt_sadb::view::cycles_per_packet(&view.totals);
+    let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
     let _ = writeln!(
         o,
         "  cycles/packet: rx {}  dispatch {}  decap {}  encap {}  tx {}  busy {}",
-        f("rx"),
-        f("dispatch"),
-        f("decap"),
-        f("encap"),
-        f("tx"),
-        f("busy")
+        f(c.rx),
+        f(c.dispatch),
+        f(c.decap),
+        f(c.encap),
+        f(c.tx),
+        f(c.busy)
     );
     let _ = writeln!(o, "  dispatch: {}; {:.1} s", sh.dispatch, elapsed_s);
     let _ = writeln!(o, "  {}", "+".repeat(76));
@@ -170,12 +164,7 @@ fn totals_text(t: &Totals) -> String {
         g(Counter::sa_loads)
     );
     let _ = writeln!(o, "  drops:        {}", t.total_drops());
-    for r in DropReason::ALL {
-        let n = t.drop(*r);
-        if n > 0 {
-            let _ = writeln!(o, "    {:<24} {:<10} {}", r.name(), n, r.description());
-        }
-    }
+    o.push_str(&natt_sadb::view::drops_text(t));
     o
 }
 
