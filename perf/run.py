@@ -142,6 +142,15 @@ def captures(work, n, size):
 RATE = re.compile(r"rates: RX ([\d.]+) Mpps .* decap ([\d.]+) Mpps\s+encap ([\d.]+) Mpps .*cycles/packet (\d+)")
 
 
+def looped_ports(which, plain_out, esp):
+    """The DUT's vdevs for a looped capture: plaintext into the protected port (encap) or
+    ESP into the public port (decap), the other side to net_null."""
+    loop = "tx_pcap=/dev/null,infinite_rx=1"
+    if which == "encap":
+        return ["net_null0,no-rx=1", f"net_pcap1,rx_pcap={plain_out},{loop}"]
+    return [f"net_pcap0,rx_pcap={esp},{loop}", "net_null1,no-rx=1"]
+
+
 def parse_rates(out, which, skip=2):
     rows = [m.groups() for m in RATE.finditer(out)]
     rows = rows[skip:] if len(rows) > skip + 1 else rows
@@ -258,12 +267,10 @@ def main():
                                                  "decap_ports": lab.testpmd(esp, mbufs, args.seconds)}
             # encap
             lab.control(f"dut{n}", dut_off, cap)
-            cmd, st = lab.dataplane("0-1", ["net_null0,no-rx=1", f"net_pcap1,rx_pcap={plain_out},tx_pcap=/dev/null,infinite_rx=1"],
-                                    f"dut{n}", mbufs, args.seconds)
+            cmd, st = lab.dataplane("0-1", looped_ports("encap", plain_out, esp), f"dut{n}", mbufs, args.seconds)
             row["encap"] = parse_rates(lab.run_dut(cmd, st), "encap")
             # decap, anti-replay off
-            cmd, st = lab.dataplane("0-1", [f"net_pcap0,rx_pcap={esp},tx_pcap=/dev/null,infinite_rx=1", "net_null1,no-rx=1"],
-                                    f"dut{n}", mbufs, args.seconds)
+            cmd, st = lab.dataplane("0-1", looped_ports("decap", plain_out, esp), f"dut{n}", mbufs, args.seconds)
             row["decap"] = parse_rates(lab.run_dut(cmd, st), "decap")
             # decap, anti-replay on, rising sequence numbers from a second dataplane
             lab.control(f"dut{n}", dut_on, cap)
@@ -303,9 +310,8 @@ def stats_cost(lab, args, sizes):
     for size in sizes:
         plain_out, _, esp, k = captures(lab.work, 1, size)
         mbufs = k + 32768
-        ports = {"encap": ["net_null0,no-rx=1", f"net_pcap1,rx_pcap={plain_out},tx_pcap=/dev/null,infinite_rx=1"],
-                 "decap": [f"net_pcap0,rx_pcap={esp},tx_pcap=/dev/null,infinite_rx=1", "net_null1,no-rx=1"]}
-        for which, vdevs in ports.items():
+        for which in ("encap", "decap"):
+            vdevs = looped_ports(which, plain_out, esp)
             runs = {"on": [], "off": []}
             for r in range(args.rounds):
                 for detail in (("on", "off") if r % 2 == 0 else ("off", "on")):
