@@ -2,7 +2,7 @@
 # Run every test of the project, from nothing: installs what is missing (scripts/setup.sh),
 # then unit, property, known-answer and hostile-input tests (cargo), the interop suites
 # against scapy and tshark (pytest), the DPDK dataplane on virtual ports (pytest), a
-# bounded fuzzing run, and checks that benchmarks build. Exits non-zero on the first failure.
+# bounded fuzzing run, and checks that benchmarks build and the engine benchmark runs. Exits non-zero on the first failure.
 #
 #   NATT_FUZZ_SECONDS=N   fuzzing time (default 120)
 set -euo pipefail
@@ -22,8 +22,9 @@ if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-t
 step "cargo test (unit, known-answer, property, hostile input)"
 cargo test --workspace -q
 
-step "benchmarks build"
+step "benchmarks build, and the engine benchmark runs each case once"
 cargo bench --workspace --no-run -q
+cargo bench -q -p natt-engine --bench engine -- --test
 
 step "interop: scapy and tshark"
 cargo build --release -q -p natt-pcap

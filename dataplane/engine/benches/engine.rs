@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 const BURST: usize = 32;
 const SIZES: [usize; 3] = [64, 512, 1420];
+/// Inbound (client to headend) and outbound keys: every SA needs its own.
 const KEY: &str = "000102030405060708090a0b0c0d0e0f10111213";
+const OUT_KEY: &str = "f0e0d0c0b0a090807060504030201000a0b0c0d0";
 const HEADROOM: usize = 128;
 const BUF: usize = 2048 + HEADROOM;
 /// Bursts of distinct ESP packets prepared for `decap`.
@@ -69,8 +71,10 @@ const CLIENT: End =
 fn sa(end: &End, spi: u32, dir: &str, pad_to: u8) -> String {
     let extra =
         if dir == "inbound" { r#", "replay_window": 1024"#.to_owned() } else { format!(r#", "pad_to": {pad_to}"#) };
+    // The client's outbound SA is the headend's inbound one: same key.
+    let key = if spi == 0x1001 { KEY } else { OUT_KEY };
     format!(
-        r#"{{"spi": {spi}, "direction": "{dir}", "algorithm": "aes128-gcm", "key": "{KEY}",
+        r#"{{"spi": {spi}, "direction": "{dir}", "algorithm": "aes128-gcm", "key": "{key}",
             "local": "{}", "peer": "{}", "encap": {{"local_port": 4500, "peer_port": 4500}},
             "selectors": {{"local": ["{}"], "peer": ["{}"]}} {extra}}}"#,
         end.local, end.peer, end.local_sel, end.peer_sel
