@@ -71,6 +71,7 @@ fn main() {
         .allowlist_type("rte_eth_stats")
         .allowlist_type("rte_ether_addr")
         .allowlist_type("rte_eth_link")
+        .allowlist_type("natt_offload_bits")
         .allowlist_var("RTE_MBUF_F_.*")
         .allowlist_var("RTE_PKTMBUF_HEADROOM")
         .allowlist_var("RTE_MBUF_DEFAULT_BUF_SIZE")

@@ -50,6 +50,14 @@ struct natt_port_info {
 };
 int natt_port_info(uint16_t port, struct natt_port_info *out);
 
+/* Offload bits of rte_ethdev.h, which defines them with RTE_BIT64 (a macro bindgen
+ * cannot evaluate). */
+enum natt_offload_bits {
+    NATT_RX_OFFLOAD_IPV4_CKSUM = RTE_ETH_RX_OFFLOAD_IPV4_CKSUM,
+    NATT_TX_OFFLOAD_IPV4_CKSUM = RTE_ETH_TX_OFFLOAD_IPV4_CKSUM,
+    NATT_TX_OFFLOAD_UDP_CKSUM = RTE_ETH_TX_OFFLOAD_UDP_CKSUM,
+};
+
 struct natt_port_conf {
     uint16_t nb_rxq;
     uint16_t nb_txq;

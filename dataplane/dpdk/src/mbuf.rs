@@ -4,7 +4,7 @@
 
 use crate::DpdkError;
 use dpdk_sys::rte_mbuf;
-use natt_engine::PktBuf;
+use natt_engine::{PktBuf, RxChecksum, TxChecksum};
 use std::ffi::CString;
 use std::ptr::NonNull;
 
@@ -125,6 +125,38 @@ impl Mbuf {
         self.m().ol_flags
     }
 
+    /// What the receiving port found of the IPv4 header checksum (`Unknown` unless the
+    /// port verifies it: RX offload `IPV4_CKSUM`).
+    #[inline]
+    pub fn rx_ip_checksum(&self) -> RxChecksum {
+        match self.m().ol_flags & u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_MASK) {
+            f if f == u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_GOOD) => RxChecksum::Good,
+            f if f == u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_BAD) => RxChecksum::Bad,
+            _ => RxChecksum::Unknown,
+        }
+    }
+
+    /// Ask the transmitting port for the checksums the engine left to it: the flags and
+    /// header lengths DPDK's TX checksum offloads read. The port must have been started
+    /// with those offloads.
+    #[inline]
+    pub fn set_tx_checksum(&mut self, c: &TxChecksum) {
+        if !c.any() {
+            return;
+        }
+        let mut f = if c.ipv6 { dpdk_sys::RTE_MBUF_F_TX_IPV6 } else { dpdk_sys::RTE_MBUF_F_TX_IPV4 };
+        if c.ipv4_header {
+            f |= dpdk_sys::RTE_MBUF_F_TX_IP_CKSUM;
+        }
+        if c.udp {
+            f |= dpdk_sys::RTE_MBUF_F_TX_UDP_CKSUM;
+        }
+        let m = self.m_mut();
+        m.ol_flags |= f;
+        // tx_offload: l2_len in bits 0..7, l3_len in 7..16, l4_len in 16..24 (rte_mbuf_core.h).
+        m.__bindgen_anon_3.tx_offload = u64::from(c.l2_len) | u64::from(c.l3_len) << 7 | 8 << 16;
+    }
+
     #[inline]
     pub fn port(&self) -> u16 {
         self.m().port
@@ -186,19 +218,23 @@ impl Mbuf {
         })
     }
 
-    /// The data room and the frame's place in it, for the engine. `None` unless plain.
+    /// The data room and the frame's place in it, and what the port found of its IPv4
+    /// header checksum, for the engine. `None` unless plain.
     #[inline]
     pub fn pkt_buf(&mut self) -> Option<PktBuf<&mut [u8]>> {
         if !self.is_plain() {
             return None;
         }
+        let nic = self.rx_ip_checksum();
         let m = self.m_mut();
         let (head, len) = (usize::from(m.data_off), usize::from(m.data_len));
         // SAFETY: a plain mbuf's buffer [buf_addr, buf_addr + buf_len) belongs to this mbuf
         // alone (refcnt 1, not indirect or external); we own the mbuf and the returned
         // slice borrows it mutably, so nothing else touches the buffer meanwhile.
         let buf = unsafe { std::slice::from_raw_parts_mut(m.buf_addr.cast::<u8>(), usize::from(m.buf_len)) };
-        PktBuf::new(buf, head, len)
+        let mut p = PktBuf::new(buf, head, len)?;
+        p.set_ip_checksum(nic);
+        Some(p)
     }
 
     /// Record where the frame is after the engine moved it (one segment).

@@ -20,6 +20,11 @@ pub struct PortInfo {
     pub socket: i32,
 }
 
+/// The checksum offloads the dataplane uses (`rx_offloads` / `tx_offloads` bits).
+pub const RX_OFFLOAD_IPV4_CKSUM: u64 = dpdk_sys::natt_offload_bits_NATT_RX_OFFLOAD_IPV4_CKSUM as u64;
+pub const TX_OFFLOAD_IPV4_CKSUM: u64 = dpdk_sys::natt_offload_bits_NATT_TX_OFFLOAD_IPV4_CKSUM as u64;
+pub const TX_OFFLOAD_UDP_CKSUM: u64 = dpdk_sys::natt_offload_bits_NATT_TX_OFFLOAD_UDP_CKSUM as u64;
+
 /// Ports DPDK found (PCI devices bound to a DPDK driver, and --vdev devices).
 pub fn count() -> u16 {
     // SAFETY: plain query after init.

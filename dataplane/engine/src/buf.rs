@@ -3,7 +3,31 @@
 //! `buf[head..head + len]` is the frame; the engine moves `head` back to prepend
 //! headers and grows `len` into the tailroom to append trailers, never copying the
 //! payload. The DPDK dataplane builds one over each mbuf's data room and writes `head`
-//! and `len` back as `data_off` and `data_len`.
+//! and `len` back as `data_off` and `data_len`. What the NIC already checked travels
+//! with the frame (`RxChecksum`).
+
+/// What the receiving NIC found of the frame's IPv4 header checksum (DPDK's
+/// `RTE_MBUF_F_RX_IP_CKSUM_*`). The engine trusts `Good` and `Bad` and verifies
+/// `Unknown` itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RxChecksum {
+    #[default]
+    Unknown,
+    Good,
+    Bad,
+}
+
+impl RxChecksum {
+    /// Whether the checksum is good: the NIC's word where it has one, else `verify()`.
+    #[inline]
+    pub fn is_good(self, verify: impl FnOnce() -> bool) -> bool {
+        match self {
+            RxChecksum::Good => true,
+            RxChecksum::Bad => false,
+            RxChecksum::Unknown => verify(),
+        }
+    }
+}
 
 /// A frame inside a larger buffer.
 #[derive(Debug)]
@@ -11,6 +35,7 @@ pub struct PktBuf<B> {
     buf: B,
     head: usize,
     len: usize,
+    ip_checksum: RxChecksum,
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> PktBuf<B> {
@@ -19,7 +44,19 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> PktBuf<B> {
         if head.checked_add(len)? > buf.as_ref().len() {
             return None;
         }
-        Some(PktBuf { buf, head, len })
+        Some(PktBuf { buf, head, len, ip_checksum: RxChecksum::Unknown })
+    }
+
+    /// What the NIC found of the (outer) IPv4 header checksum; `Unknown` unless set.
+    #[inline]
+    pub fn ip_checksum(&self) -> RxChecksum {
+        self.ip_checksum
+    }
+
+    /// Record what the NIC found of the IPv4 header checksum of this frame as received.
+    #[inline]
+    pub fn set_ip_checksum(&mut self, c: RxChecksum) {
+        self.ip_checksum = c;
     }
 
     #[inline]
@@ -93,7 +130,7 @@ impl PktBuf<Vec<u8>> {
     pub fn from_frame(frame: &[u8], headroom: usize, tailroom: usize) -> Self {
         let mut v = vec![0u8; headroom + frame.len() + tailroom];
         v[headroom..headroom + frame.len()].copy_from_slice(frame);
-        PktBuf { buf: v, head: headroom, len: frame.len() }
+        PktBuf { buf: v, head: headroom, len: frame.len(), ip_checksum: RxChecksum::Unknown }
     }
 }
 

@@ -18,12 +18,30 @@ pub struct EngineConfig {
     pub reassembly: ReassemblyConfig,
     /// Largest outer IP packet the public side sends.
     pub mtu: usize,
+    /// Checksums of encapsulated packets that the NIC of the public side computes.
+    pub tx_checksum: TxChecksumOffload,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { reassembly: ReassemblyConfig::default(), mtu: 1500 }
+        EngineConfig { reassembly: ReassemblyConfig::default(), mtu: 1500, tx_checksum: TxChecksumOffload::NONE }
     }
+}
+
+/// Which outer checksums of encapsulated packets are left to the transmitting NIC
+/// (DPDK TX checksum offloads). Where set, the engine prepares the field the way DPDK
+/// asks (zero for the IPv4 header checksum, the pseudo-header sum for UDP) and says so in
+/// each packet's `OutResult::tx_checksum`; the dataplane sets the mbuf's flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxChecksumOffload {
+    /// The outer IPv4 header checksum.
+    pub ipv4_header: bool,
+    /// The UDP checksum of ESP in UDP over IPv6 (over IPv4 it is zero, RFC 3948 §3.1.1).
+    pub udp: bool,
+}
+
+impl TxChecksumOffload {
+    pub const NONE: TxChecksumOffload = TxChecksumOffload { ipv4_header: false, udp: false };
 }
 
 /// One worker's protocol state. Single-owner: every method takes `&mut self` or `&self`,

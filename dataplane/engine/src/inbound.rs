@@ -4,7 +4,7 @@
 //! anti-replay), open in place, then finish (window update, trailer, inner-packet
 //! checks, NAT mapping, lifetimes) and rewrite the frame around the inner packet.
 
-use crate::buf::PktBuf;
+use crate::buf::{PktBuf, RxChecksum};
 use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account};
 use crate::event::{Event, EventKind, Host};
@@ -358,8 +358,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     {
         use InVerdict::{Drop, Punt};
         let l3 = m.l3;
+        let nic = pkt.ip_checksum();
         let ip = ipv4::Packet::new_checked(&pkt.data()[l3..]).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
-        if !ip.verify_checksum() {
+        if !nic.is_good(|| ip.verify_checksum()) {
             return Err(Drop(DropReason::IpChecksumBad));
         }
         let r = ip.repr();
@@ -463,6 +464,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                         self.counters.reassembled += 1;
                         self.counters.frag_absorbed += u64::from(frags - 1);
                         pkt.set_range(pkt.head(), l3 + len);
+                        // A header of our own making now: what the NIC saw no longer applies.
+                        pkt.set_ip_checksum(RxChecksum::Unknown);
                         Ok(None)
                     }
                     Err((reason, frags)) => {

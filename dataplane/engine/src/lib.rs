@@ -27,11 +27,11 @@ pub mod replay;
 pub mod sa;
 pub mod wire;
 
-pub use buf::PktBuf;
+pub use buf::{PktBuf, RxChecksum};
 pub use counters::Counters;
-pub use engine::{Engine, EngineConfig, MAX_BURST};
+pub use engine::{Engine, EngineConfig, MAX_BURST, TxChecksumOffload};
 pub use event::{Event, EventKind, Host};
 pub use inbound::{InResult, InVerdict, Reassembly};
-pub use outbound::{OutResult, OutVerdict};
+pub use outbound::{OutResult, OutVerdict, TxChecksum};
 pub use reason::{DropReason, PuntReason};
 pub use sa::{Direction, SaParams};

@@ -4,7 +4,7 @@
 //! before taking a sequence number, lay out the ESP header and trailer, seal in place,
 //! then write the outer UDP/IP/Ethernet headers in the headroom.
 
-use crate::buf::PktBuf;
+use crate::buf::{PktBuf, RxChecksum};
 use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account, expire};
 use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
@@ -35,11 +35,44 @@ pub struct OutResult {
     pub dest: Option<Endpoint>,
     /// The sequence number it carries.
     pub seq: u64,
+    /// Checksums left for the NIC, and where the headers they cover are.
+    pub tx_checksum: TxChecksum,
 }
 
 impl Default for OutResult {
     fn default() -> Self {
-        OutResult { verdict: OutVerdict::Drop(DropReason::FrameTruncated), spi: None, dest: None, seq: 0 }
+        OutResult {
+            verdict: OutVerdict::Drop(DropReason::FrameTruncated),
+            spi: None,
+            dest: None,
+            seq: 0,
+            tx_checksum: TxChecksum::NONE,
+        }
+    }
+}
+
+/// The checksums of one encapsulated frame that the transmitting NIC is to compute
+/// (only those `EngineConfig::tx_checksum` allows), with the header lengths DPDK needs
+/// for them (`l2_len`, `l3_len`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxChecksum {
+    /// The outer IPv4 header checksum is zero, for the NIC.
+    pub ipv4_header: bool,
+    /// The UDP checksum holds the pseudo-header sum, for the NIC to finish.
+    pub udp: bool,
+    /// The outer header is IPv6.
+    pub ipv6: bool,
+    pub l2_len: u8,
+    pub l3_len: u8,
+}
+
+impl TxChecksum {
+    pub const NONE: TxChecksum = TxChecksum { ipv4_header: false, udp: false, ipv6: false, l2_len: 0, l3_len: 0 };
+
+    /// Anything for the NIC to do.
+    #[inline]
+    pub fn any(&self) -> bool {
+        self.ipv4_header || self.udp
     }
 }
 
@@ -133,7 +166,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             *res = OutResult::default();
             m.live = false;
             m.slot = NO_SLOT;
-            match self.classify(pkt.data(), m) {
+            match self.classify(pkt.data(), pkt.ip_checksum(), m) {
                 Ok(()) => m.live = true,
                 Err(v) => self.settle_out(res, m, v),
             }
@@ -182,7 +215,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         // Stage 5: outer headers.
         for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter()).zip(results.iter_mut()) {
             if m.live {
-                self.write_outer(pkt, m);
+                res.tx_checksum = self.write_outer(pkt, m);
                 self.settle_out(res, m, OutVerdict::Encapsulated);
             }
         }
@@ -207,7 +240,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     // ---- stage 1 ----
 
-    fn classify(&self, d: &[u8], m: &mut Meta) -> Result<(), OutVerdict> {
+    fn classify(&self, d: &[u8], nic: RxChecksum, m: &mut Meta) -> Result<(), OutVerdict> {
         use OutVerdict::{Drop, Punt};
         let l2 = ethernet::Frame::new_checked(d).and_then(|f| f.info()).map_err(|e| {
             Drop(if e == WireError::Malformed { DropReason::StackedVlan } else { DropReason::FrameTruncated })
@@ -217,7 +250,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let (src, dst) = match l2.ethertype {
             ethertype::IPV4 => {
                 let p = ipv4::Packet::new_checked(ip).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
-                if !p.verify_checksum() {
+                if !nic.is_good(|| p.verify_checksum()) {
                     return Err(Drop(DropReason::IpChecksumBad));
                 }
                 let r = p.repr();
@@ -411,12 +444,14 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     // ---- stage 5 ----
 
-    fn write_outer<Buf>(&mut self, pkt: &mut PktBuf<Buf>, m: &Meta)
+    /// Returns the checksums left for the NIC.
+    fn write_outer<Buf>(&mut self, pkt: &mut PktBuf<Buf>, m: &Meta) -> TxChecksum
     where
         Buf: AsRef<[u8]> + AsMut<[u8]>,
     {
         let ident = self.next_ident();
-        let Some(e) = self.sas.entry(m.slot) else { return };
+        let offload = self.cfg.tx_checksum;
+        let Some(e) = self.sas.entry(m.slot) else { return TxChecksum::NONE };
         let sa = &e.rt;
         let h = pkt.head();
         let at = |off: isize| (h as isize + off) as usize;
@@ -477,20 +512,40 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             // Configuration validation keeps local and peer in one family.
             _ => {}
         }
+        let l3_end = if sa.encap.is_some() { esp_at - udp::HEADER_LEN } else { esp_at };
+        let mut tx = TxChecksum {
+            ipv6: m.outer_v6,
+            l2_len: ethernet::HEADER_LEN as u8,
+            l3_len: (l3_end - ip) as u8,
+            ..TxChecksum::NONE
+        };
+        if !m.outer_v6 && offload.ipv4_header {
+            // DPDK: the NIC fills a header checksum field left zero.
+            ipv4::Packet::new_unchecked(&mut raw[ip..end]).set_checksum(0);
+            tx.ipv4_header = true;
+        }
         if sa.encap.is_some() {
             if let (IpAddr::V6(s), IpAddr::V6(d)) = (sa.local, peer) {
                 // IPv6 forbids a zero UDP checksum (RFC 8200 §8.1).
                 let u = esp_at - udp::HEADER_LEN;
                 let seg = &mut raw[u..end];
-                let mut c = checksum::l4_checksum(checksum::pseudo_v6(&s, &d, proto::UDP, seg.len() as u32), seg);
-                if c == 0 {
-                    c = 0xffff;
-                }
+                let pseudo = checksum::pseudo_v6(&s, &d, proto::UDP, seg.len() as u32);
+                let c = if offload.udp {
+                    // DPDK: the NIC finishes from the pseudo-header sum (not inverted).
+                    tx.udp = true;
+                    checksum::fold(pseudo)
+                } else {
+                    match checksum::l4_checksum(pseudo, seg) {
+                        0 => 0xffff,
+                        c => c,
+                    }
+                };
                 udp::Packet::new_unchecked(seg).set_checksum(c);
             }
         }
         let et = if m.outer_v6 { ethertype::IPV6 } else { ethertype::IPV4 };
         raw[l2 + 12..l2 + 14].copy_from_slice(&et.to_be_bytes());
         pkt.set_range(l2, end - l2);
+        tx
     }
 }

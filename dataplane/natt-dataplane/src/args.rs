@@ -94,6 +94,12 @@ pub struct Args {
     /// Another UDP port that carries ESP in UDP besides 4500 (an SA's local_port).
     #[arg(long = "natt-port", value_name = "PORT")]
     pub natt_ports: Vec<u16>,
+    /// Checksum offloads: `auto` uses what each port has (RX: the IPv4 header checksum
+    /// verified by the public and protected ports; TX: the outer IPv4 header checksum and,
+    /// over IPv6, the UDP checksum of encapsulated packets filled by the public port);
+    /// `off` computes every checksum in software.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
+    pub checksum_offload: String,
     /// Largest outer IP packet sent on the public port.
     #[arg(long, default_value_t = 1500, value_name = "BYTES")]
     pub mtu: usize,

@@ -76,7 +76,7 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
     );
     for p in sh.ports.iter().flatten() {
         println!(
-            "  port {} {:<15} {} ({}) mac {} next hop {} rxq {} txq {}",
+            "  port {} {:<15} {} ({}) mac {} next hop {} rxq {} txq {} checksum offload {}",
             p.info.id,
             p.role.name(),
             p.info.name,
@@ -84,7 +84,8 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
             natt_dpdk::port::mac_string(&p.mac),
             natt_dpdk::port::mac_string(&p.peer),
             p.rxq,
-            p.txq
+            p.txq,
+            p.checksum_offloads()
         );
     }
 

@@ -52,6 +52,32 @@ pub struct PortSide {
     pub peer: [u8; 6],
     pub rxq: u16,
     pub txq: u16,
+    /// The offloads the port was started with.
+    pub rx_offloads: u64,
+    pub tx_offloads: u64,
+}
+
+impl PortSide {
+    /// The checksum offloads in use, for people: "rx ipv4, tx ipv4 udp" or "none".
+    pub fn checksum_offloads(&self) -> String {
+        let mut rx = Vec::new();
+        let mut tx = Vec::new();
+        if self.rx_offloads & port::RX_OFFLOAD_IPV4_CKSUM != 0 {
+            rx.push("ipv4");
+        }
+        if self.tx_offloads & port::TX_OFFLOAD_IPV4_CKSUM != 0 {
+            tx.push("ipv4");
+        }
+        if self.tx_offloads & port::TX_OFFLOAD_UDP_CKSUM != 0 {
+            tx.push("udp");
+        }
+        match (rx.is_empty(), tx.is_empty()) {
+            (true, true) => "none".into(),
+            (false, true) => format!("rx {}", rx.join(" ")),
+            (true, false) => format!("tx {}", tx.join(" ")),
+            (false, false) => format!("rx {}, tx {}", rx.join(" "), tx.join(" ")),
+        }
+    }
 }
 
 /// Which queues a worker polls.
@@ -242,14 +268,25 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
     for role in Role::ALL {
         let Some(info) = infos[role as usize].clone() else { continue };
         let r = role as usize;
+        // Checksum offloads where the port has them: the engine verifies IPv4 headers
+        // received on both sides, and fills the outer headers sent by the public port.
+        let (rx_offloads, tx_offloads) = match role {
+            _ if args.checksum_offload == "off" => (0, 0),
+            Role::Public => (
+                info.rx_offloads & port::RX_OFFLOAD_IPV4_CKSUM,
+                info.tx_offloads & (port::TX_OFFLOAD_IPV4_CKSUM | port::TX_OFFLOAD_UDP_CKSUM),
+            ),
+            Role::Protected => (info.rx_offloads & port::RX_OFFLOAD_IPV4_CKSUM, 0),
+            Role::Punt | Role::ProtectedPunt => (0, 0),
+        };
         let conf = PortConf {
             rx_queues: rxq[r],
             tx_queues: txq[r],
             rx_desc: args.rxd,
             tx_desc: args.txd,
             rss: role == Role::Public || role == Role::Protected,
-            rx_offloads: 0,
-            tx_offloads: 0,
+            rx_offloads,
+            tx_offloads,
             rss_key: Some(&RSS_KEY),
         };
         port::start(info.id, &conf, &pool).map_err(|e| {
@@ -260,7 +297,16 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
                 info.driver
             ))
         })?;
-        ports[r] = Some(PortSide { role, mac: info.mac, peer: args.peer_mac(info.id), info, rxq: rxq[r], txq: txq[r] });
+        ports[r] = Some(PortSide {
+            role,
+            mac: info.mac,
+            peer: args.peer_mac(info.id),
+            info,
+            rxq: rxq[r],
+            txq: txq[r],
+            rx_offloads,
+            tx_offloads,
+        });
     }
     // Kernel interfaces take the MAC of the port they stand beside, so the host sees the
     // frames we punt as addressed to itself and answers from the right address.
@@ -325,7 +371,15 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
         }
     }
 
-    let mut engine = natt_engine::EngineConfig { mtu: args.mtu, ..Default::default() };
+    let public_tx = ports[Role::Public as usize].as_ref().map_or(0, |p| p.tx_offloads);
+    let mut engine = natt_engine::EngineConfig {
+        mtu: args.mtu,
+        tx_checksum: natt_engine::TxChecksumOffload {
+            ipv4_header: public_tx & port::TX_OFFLOAD_IPV4_CKSUM != 0,
+            udp: public_tx & port::TX_OFFLOAD_UDP_CKSUM != 0,
+        },
+        ..Default::default()
+    };
     engine.reassembly.slots = args.reassembly_slots;
     engine.reassembly.timeout_ns = (args.reassembly_timeout * 1e9) as u64;
     Ok(Shared {

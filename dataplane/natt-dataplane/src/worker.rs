@@ -411,6 +411,7 @@ impl<'a> Worker<'a> {
             match self.out_res[i].verdict {
                 OutVerdict::Encapsulated => {
                     m.set_frame(frames[i].0, frames[i].1);
+                    m.set_tx_checksum(&self.out_res[i].tx_checksum);
                     self.send(Role::Public, m, true);
                 }
                 OutVerdict::Punt(_) => self.punt(Role::ProtectedPunt, m),

@@ -120,6 +120,7 @@ fn process(r: Run, decap: bool) -> Result<(), String> {
             timeout_ns: r.reassembly_timeout_ms.saturating_mul(1_000_000),
         },
         mtu: usize::from(r.mtu),
+        ..EngineConfig::default()
     };
     // Everything that can be wrong with the configuration is found before any packet.
     let mut engine = load_engine(&r.config, cfg)?;

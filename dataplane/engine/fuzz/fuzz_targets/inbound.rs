@@ -15,7 +15,7 @@ use natt_engine::crypto::{nonce, AeadKey, Backend, Ring};
 use natt_engine::reassembly::ReassemblyConfig;
 use natt_engine::sa::config::parse_config;
 use natt_engine::wire::checksum::checksum;
-use natt_engine::{Engine, EngineConfig, InResult, OutResult, PktBuf, SaParams};
+use natt_engine::{Engine, EngineConfig, InResult, OutResult, PktBuf, RxChecksum, SaParams};
 
 // Every SA has its own key: the configuration refuses two SAs with one key and salt.
 const CONFIG: &str = r#"{"sas": [
@@ -96,6 +96,7 @@ fuzz_target!(|data: &[u8]| {
     let cfg = EngineConfig {
         reassembly: ReassemblyConfig { slots: 8, max_datagram: 4096, per_source: 4, timeout_ns: 50_000_000 },
         mtu: 1500,
+        ..EngineConfig::default()
     };
     let mut eng: Engine = Engine::with_sas(cfg, sas.clone()).unwrap();
     let inbound: Vec<&SaParams> = sas.iter().filter(|s| s.direction == natt_engine::Direction::Inbound).collect();
@@ -129,6 +130,12 @@ fuzz_target!(|data: &[u8]| {
         };
         let headroom = usize::from(op & 0x70);
         let mut pkts = [PktBuf::from_frame(&frame, headroom, 64)];
+        // Whatever a NIC may claim of the IPv4 header checksum (RX offload), right or wrong.
+        pkts[0].set_ip_checksum(match op >> 7 | (op & 0x08) >> 2 {
+            0 | 1 => RxChecksum::Unknown,
+            2 => RxChecksum::Good,
+            _ => RxChecksum::Bad,
+        });
         if op % 4 == 2 {
             let mut res = [OutResult::default()];
             eng.encap_burst(&mut pkts, &mut res, &mut events);
