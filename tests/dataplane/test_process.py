@@ -4,6 +4,7 @@ SIGINT/SIGTERM while traffic flows: stop, flush, print final statistics, exit 0.
 restarted dataplane resumes above every sequence number it may have used."""
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -118,6 +119,32 @@ def test_signal_stops_flushes_and_prints_final_stats(tmp_path, sig):
     dp2.run()
     first = int.from_bytes(bytes(rdpcap(str(tmp_path / "pub.pcap"))[0]["UDP"].payload)[4:8], "big")
     assert first > seq, f"restart sent sequence number {first}, at or below {seq} used before"
+
+
+def test_segments_truncated_under_it_do_not_crash_the_dataplane(tmp_path):
+    """Shared memory is untrusted input, its size too: with traffic flowing, the SA table
+    and the dataplane's own segment are cut to one page by someone else. The dataplane
+    does not fault (the lost pages read as zeros; the SA it holds keeps working, and its
+    counters stay in the process), says what happened, keeps every packet accounted for,
+    and stops cleanly on SIGTERM."""
+    ctl = Control(tmp_path)
+    ctl.apply([C.sa("inbound"), C.sa("outbound")])
+    write_pcap(tmp_path / "plain.pcap", [Ether() / C.reply(k) for k in range(8)])
+    vdevs = ["net_null0,no-rx=1", f"net_pcap1,rx_pcap={tmp_path / 'plain.pcap'},tx_pcap=/dev/null,infinite_rx=1"]
+    dp = Dataplane(ctl, vdevs).start()
+    time.sleep(1.5)
+    for ext in ("sadb", "dp"):
+        os.truncate(os.path.join(ctl.dir, f"{ctl.name}.{ext}"), 4096)
+    time.sleep(1.5)
+    assert dp.proc.poll() is None, dp.proc.communicate()
+    dp.proc.send_signal(signal.SIGTERM)
+    out, err = dp.proc.communicate(timeout=60)
+    assert dp.proc.returncode == 0, f"exit {dp.proc.returncode}\n{out}\n{err}"
+    assert "the SA table" in err and "shrank from" in err and "natt-control init" in err, err
+    assert f"our segment {ctl.dir}/{ctl.name}.dp shrank from" in err, err
+    stats = json.loads(dp.stats_path.read_text())
+    t = stats["totals"]
+    assert t["encap_packets"] > 1000 and t["rx_protected"] == t["encap_packets"] + t["drops_total"], t
 
 
 def test_eal_memory_fallback_without_hugepages(tmp_path, monkeypatch):

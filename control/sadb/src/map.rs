@@ -2,6 +2,12 @@
 //! all of the crate's unsafe code: every access goes through `get`/`slice`, which check
 //! bounds and alignment, and only to types made solely of atomics (`Shared`), for which
 //! any bit pattern is valid and concurrent access from another process is well defined.
+//!
+//! A file the other process truncates under us would make every access past its new end
+//! fault with SIGBUS. `guard` catches those faults inside our mappings and puts a private
+//! zero page in place of the lost one, so the access reads zeros — a valid value of every
+//! `Shared` type, and an empty or invalid record to every check — and the process lives;
+//! `Mapping::shrunk` tells that it happened.
 
 use crate::layout::*;
 use core::sync::atomic::{AtomicU32, AtomicU64};
@@ -49,6 +55,16 @@ pub struct Mapping {
     len: usize,
     file: File,
     writable: bool,
+    guard: Option<usize>,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // Before `map` unmaps the range.
+        if let Some(slot) = self.guard {
+            guard::unregister(slot);
+        }
+    }
 }
 
 impl Mapping {
@@ -79,7 +95,17 @@ impl Mapping {
         }
         let map =
             if writable { MmapOptions::new().map_raw(&file)? } else { MmapOptions::new().map_raw_read_only(&file)? };
-        Ok(Mapping { map, len, file, writable })
+        let guard = guard::register(map.as_ptr() as usize, len);
+        Ok(Mapping { map, len, file, writable, guard })
+    }
+
+    /// The file's size now, if it is smaller than what we mapped: another process
+    /// truncated it, and what lay past its end now reads as zeros here.
+    pub fn shrunk(&self) -> Option<u64> {
+        match self.file.metadata() {
+            Ok(m) if m.len() < self.len as u64 => Some(m.len()),
+            _ => None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -126,6 +152,105 @@ impl Mapping {
     }
 }
 
+/// Faults on truncated shared files turned into zero pages since the process started.
+pub fn truncation_faults() -> u64 {
+    guard::FAULTS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The SIGBUS handler for our mappings (see the module comment).
+mod guard {
+    use core::sync::atomic::AtomicU64;
+    use core::sync::atomic::AtomicUsize;
+    use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+    use std::sync::{Mutex, OnceLock};
+
+    const SLOTS: usize = 64;
+    /// Mapped ranges: start and length (0: free slot). Read by the handler.
+    static START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static PAGE: AtomicUsize = AtomicUsize::new(4096);
+    pub(super) static FAULTS: AtomicU64 = AtomicU64::new(0);
+    /// The action that was installed before ours, for faults that are not ours.
+    static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+    static SLOT_LOCK: Mutex<()> = Mutex::new(());
+
+    /// Watch [start, start + len); `None` if every slot is taken (the mapping then works
+    /// unguarded).
+    pub(super) fn register(start: usize, len: usize) -> Option<usize> {
+        install();
+        let _g = SLOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (0..SLOTS).find(|&i| LEN[i].load(Acquire) == 0)?;
+        START[slot].store(start, Release);
+        LEN[slot].store(len, Release);
+        Some(slot)
+    }
+
+    pub(super) fn unregister(slot: usize) {
+        let _g = SLOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        LEN[slot].store(0, Release);
+        START[slot].store(0, Release);
+    }
+
+    fn install() {
+        PREVIOUS.get_or_init(|| {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            if page > 0 {
+                PAGE.store(page as usize, Relaxed);
+            }
+            // SAFETY: a zeroed sigaction is a valid value to fill in; `on_sigbus` has the
+            // SA_SIGINFO signature and does only async-signal-safe work (atomics, mmap,
+            // sigaction); `old` receives the previous action.
+            unsafe {
+                let mut act: libc::sigaction = core::mem::zeroed();
+                act.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                    as libc::sighandler_t;
+                act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+                libc::sigemptyset(&mut act.sa_mask);
+                let mut old: libc::sigaction = core::mem::zeroed();
+                old.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(libc::SIGBUS, &act, &mut old);
+                old
+            }
+        });
+    }
+
+    extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        let page = PAGE.load(Relaxed);
+        for i in 0..SLOTS {
+            let (start, len) = (START[i].load(Acquire), LEN[i].load(Acquire));
+            if len != 0 && addr >= start && addr - start < len {
+                let at = addr & !(page - 1);
+                // SAFETY: `at` is a page of our own mapping (registered until it is
+                // unmapped); replacing it with a private zero page changes no memory that
+                // Rust code holds other than through `Shared` views, for which zeros are
+                // a valid value.
+                let p = unsafe {
+                    libc::mmap(
+                        at as *mut libc::c_void,
+                        page,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                if p != libc::MAP_FAILED {
+                    FAULTS.fetch_add(1, AcqRel);
+                    return;
+                }
+            }
+        }
+        // Not ours: put back the previous action; the access faults again and gets it.
+        if let Some(prev) = PREVIOUS.get() {
+            // SAFETY: restoring an action the kernel gave us.
+            unsafe { libc::sigaction(libc::SIGBUS, prev, core::ptr::null_mut()) };
+        }
+    }
+}
+
 /// `/dev/shm/<name>.<ext>`, the place of a segment.
 pub fn segment_path(dir: &Path, name: &str, ext: &str) -> std::path::PathBuf {
     dir.join(format!("{name}.{ext}"))
@@ -156,6 +281,35 @@ mod tests {
         let r = Mapping::open_ro(&p).unwrap();
         assert_eq!(r.get::<AtomicU64>(64).unwrap().load(Ordering::Relaxed), 42);
         assert!(!r.writable());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_truncated_under_us_reads_as_zeros() {
+        let dir = std::env::temp_dir().join(format!("natt-trunc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t.seg");
+        let _ = std::fs::remove_file(&p);
+        let w = Mapping::create(&p, 4 * 4096).unwrap();
+        for page in 0..4 {
+            w.get::<AtomicU64>(page * 4096 + 8).unwrap().store(7 + page as u64, Ordering::Relaxed);
+        }
+        let r = Mapping::open_ro(&p).unwrap();
+        assert_eq!(r.shrunk(), None);
+        let before = truncation_faults();
+        // Another process (here: the file) cuts the segment to one page.
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(4096).unwrap();
+        assert_eq!(r.shrunk(), Some(4096));
+        assert_eq!(r.get::<AtomicU64>(8).unwrap().load(Ordering::Relaxed), 7, "the page that is left");
+        for page in 1..4 {
+            assert_eq!(r.get::<AtomicU64>(page * 4096 + 8).unwrap().load(Ordering::Relaxed), 0, "page {page}");
+            assert_eq!(w.get::<AtomicU64>(page * 4096 + 8).unwrap().load(Ordering::Relaxed), 0, "page {page}");
+        }
+        // Writes to a lost page go to the private page, and stay there.
+        w.get::<AtomicU64>(3 * 4096).unwrap().store(5, Ordering::Relaxed);
+        assert_eq!(w.get::<AtomicU64>(3 * 4096).unwrap().load(Ordering::Relaxed), 5);
+        assert_eq!(truncation_faults() - before, 6, "one fault per lost page and mapping");
+        drop((r, w));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

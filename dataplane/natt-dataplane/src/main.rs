@@ -226,6 +226,31 @@ fn pin_monitor(sh: &setup::Shared) {
     }
 }
 
+/// Say once if a shared segment was truncated under us. Nothing crashes (natt_sadb's
+/// map guard gives the lost pages back as zeros), but the operator has to know.
+fn check_segments(sh: &setup::Shared, args: &Args, seen: &mut [bool; 2]) {
+    if let (false, Some((now, was))) = (seen[0], sh.reader.db().shrunk()) {
+        seen[0] = true;
+        eprintln!(
+            "natt-dataplane: error: the SA table {} shrank from {was} to {now} bytes under us; what lay past its \
+             end reads as zeros here: the SAs workers hold keep working, the others are gone (their packets are \
+             dropped as no_sa / no_outbound_sa). Whatever truncated it is not natt-control: recreate the table \
+             (natt-control init, apply) and restart natt-dataplane",
+            sh.reader.db().path().display()
+        );
+    }
+    if let (false, Some((now, was))) = (seen[1], sh.dp.shrunk()) {
+        seen[1] = true;
+        eprintln!(
+            "natt-dataplane: error: our segment {}/{}.dp shrank from {was} to {now} bytes under us; counters, events \
+             and sequence reservations past its end now stay in this process, and a restart will refuse the segment \
+             (keep the file until its SAs are rekeyed, or remove it to start over)",
+            args.shm_dir.display(),
+            args.name
+        );
+    }
+}
+
 fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Instant) {
     pin_monitor(sh);
     let tick = Duration::from_millis(10);
@@ -234,6 +259,7 @@ fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Ins
     let mut last_ports = Instant::now();
     let mut last_rx = 0u64;
     let mut last_change = Instant::now();
+    let mut shrunk_seen = [false; 2];
     let received = |sh: &setup::Shared| {
         let (t, _) = sh.dp.totals();
         t.get(Counter::rx_public) + t.get(Counter::rx_protected) + t.get(Counter::rx_punt)
@@ -259,6 +285,7 @@ fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Ins
         if last_ports.elapsed() >= Duration::from_millis(100) {
             last_ports = Instant::now();
             report::publish_ports(sh);
+            check_segments(sh, args, &mut shrunk_seen);
         }
         if args.stats_period > 0.0 && last_print.elapsed().as_secs_f64() >= args.stats_period {
             let totals = sh.dp.totals().0;
