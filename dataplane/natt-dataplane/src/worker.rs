@@ -316,36 +316,17 @@ impl<'a> Worker<'a> {
 
     fn decap(&mut self, keep: &mut Burst, t: u64) {
         let n = keep.len();
-        if n == 0 {
+        if n == 0
+            || !self
+                .through_engine(keep, |w, pkts| w.engine.decap_burst(pkts, w.now_ns, &mut w.in_res[..n], &mut w.host))
+        {
             return;
         }
-        let mut frames = [(0usize, 0usize); BURST_MAX];
-        {
-            let mut pkts: ArrayVec<PktBuf<&mut [u8]>, BURST_MAX> =
-                keep.as_mut_slice().iter_mut().filter_map(Mbuf::pkt_buf).collect();
-            if pkts.len() != n {
-                // Cannot happen (every kept mbuf is plain); never process misaligned.
-                drop(pkts);
-                self.drop_all(keep, DropReason::MultiSegment);
-                return;
-            }
-            self.engine.decap_burst(&mut pkts, self.now_ns, &mut self.in_res[..n], &mut self.host);
-            for (f, p) in frames.iter_mut().zip(&pkts) {
-                *f = (p.head(), p.len());
-            }
-        }
         let t = self.charge(DECAP, t);
-        for (i, mut m) in keep.drain().enumerate() {
+        for (i, m) in keep.drain().enumerate() {
             match self.in_res[i].verdict {
-                InVerdict::Tunnel => {
-                    m.set_frame(frames[i].0, frames[i].1);
-                    self.send(Role::Protected, m, true);
-                }
-                InVerdict::Transport => {
-                    m.set_frame(frames[i].0, frames[i].1);
-                    self.punt(Role::Punt, m);
-                }
-                InVerdict::Punt(_) => self.punt(Role::Punt, m),
+                InVerdict::Tunnel => self.send(Role::Protected, m, true),
+                InVerdict::Transport | InVerdict::Punt(_) => self.punt(Role::Punt, m),
                 InVerdict::Keepalive | InVerdict::Held | InVerdict::Drop(_) => drop(m),
             }
         }
@@ -389,28 +370,14 @@ impl<'a> Worker<'a> {
 
     fn encap(&mut self, keep: &mut Burst, t: u64) {
         let n = keep.len();
-        if n == 0 {
-            return;
-        }
-        let mut frames = [(0usize, 0usize); BURST_MAX];
+        if n == 0 || !self.through_engine(keep, |w, pkts| w.engine.encap_burst(pkts, &mut w.out_res[..n], &mut w.host))
         {
-            let mut pkts: ArrayVec<PktBuf<&mut [u8]>, BURST_MAX> =
-                keep.as_mut_slice().iter_mut().filter_map(Mbuf::pkt_buf).collect();
-            if pkts.len() != n {
-                drop(pkts);
-                self.drop_all(keep, DropReason::MultiSegment);
-                return;
-            }
-            self.engine.encap_burst(&mut pkts, &mut self.out_res[..n], &mut self.host);
-            for (f, p) in frames.iter_mut().zip(&pkts) {
-                *f = (p.head(), p.len());
-            }
+            return;
         }
         let t = self.charge(ENCAP, t);
         for (i, mut m) in keep.drain().enumerate() {
             match self.out_res[i].verdict {
                 OutVerdict::Encapsulated => {
-                    m.set_frame(frames[i].0, frames[i].1);
                     m.set_tx_checksum(&self.out_res[i].tx_checksum);
                     self.send(Role::Public, m, true);
                 }
@@ -422,6 +389,33 @@ impl<'a> Worker<'a> {
     }
 
     // ---- around the engine ----
+
+    /// Give the engine the burst as packet buffers (`run` decapsulates or encapsulates),
+    /// then record in each mbuf where the engine left its frame. False, with the burst
+    /// dropped as multi_segment, if an mbuf could not be viewed (cannot happen: kept
+    /// mbufs are plain; but never process a burst whose verdicts would not line up).
+    #[inline]
+    fn through_engine(&mut self, keep: &mut Burst, run: impl FnOnce(&mut Self, &mut [PktBuf<&mut [u8]>])) -> bool {
+        let n = keep.len();
+        let mut frames = [(0usize, 0usize); BURST_MAX];
+        {
+            let mut pkts: ArrayVec<PktBuf<&mut [u8]>, BURST_MAX> =
+                keep.as_mut_slice().iter_mut().filter_map(Mbuf::pkt_buf).collect();
+            if pkts.len() != n {
+                drop(pkts);
+                self.drop_all(keep, DropReason::MultiSegment);
+                return false;
+            }
+            run(self, &mut pkts);
+            for (f, p) in frames.iter_mut().zip(&pkts) {
+                *f = (p.head(), p.len());
+            }
+        }
+        for (m, &(head, len)) in keep.as_mut_slice().iter_mut().zip(&frames) {
+            m.set_frame(head, len);
+        }
+        true
+    }
 
     /// A plain one-segment mbuf, linearised if it was not; or dropped and counted.
     #[inline]
