@@ -5,6 +5,7 @@ testpmd io-forward on the same ports and raw `ring` seal/open, all in one run.
     sudo .venv/bin/python perf/run.py                  # full matrix, about 6 minutes
     sudo .venv/bin/python perf/run.py --quick          # 64 and 1420 bytes, 1 and 1000 SAs
     options: --sizes 64,512,1420 --sas 1,1000,100000 --seconds 6 --out perf/results/dataplane.json
+    NATT_BIN_DIR=DIR runs the binaries in DIR (another build, for an A/B comparison)
 
 For each inner packet size and SA count:
   encap      plaintext looped by net_pcap (infinite_rx) into the protected port, the
@@ -50,7 +51,7 @@ import sys
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-BIN = os.path.join(ROOT, "target", "release")
+BIN = os.environ.get("NATT_BIN_DIR") or os.path.join(ROOT, "target", "release")
 HEADEND = "203.0.113.1"
 
 
