@@ -106,7 +106,7 @@ impl Sadb {
     /// (size now, size mapped) if another process truncated the file under us: what lay
     /// past its end reads as zeros here (no SA there is visible any more).
     pub fn shrunk(&self) -> Option<(u64, u64)> {
-        self.map.shrunk().map(|now| (now, self.map.len() as u64))
+        self.map.shrunk()
     }
 
     pub fn capacity(&self) -> u32 {

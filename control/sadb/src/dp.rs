@@ -137,7 +137,7 @@ impl DpSegment {
     /// (size now, size mapped) if another process truncated the file under us: what lay
     /// past its end is private to this process from then on (see `map`).
     pub fn shrunk(&self) -> Option<(u64, u64)> {
-        self.map.shrunk().map(|now| (now, self.map.len() as u64))
+        self.map.shrunk()
     }
 
     pub fn header(&self) -> &DpHeader {

@@ -99,11 +99,11 @@ impl Mapping {
         Ok(Mapping { map, len, file, writable, guard })
     }
 
-    /// The file's size now, if it is smaller than what we mapped: another process
-    /// truncated it, and what lay past its end now reads as zeros here.
-    pub fn shrunk(&self) -> Option<u64> {
+    /// (the file's size now, the size mapped), if the file is now smaller than what we
+    /// mapped: another process truncated it, and what lay past its end reads as zeros here.
+    pub fn shrunk(&self) -> Option<(u64, u64)> {
         match self.file.metadata() {
-            Ok(m) if m.len() < self.len as u64 => Some(m.len()),
+            Ok(m) if m.len() < self.len as u64 => Some((m.len(), self.len as u64)),
             _ => None,
         }
     }
@@ -299,7 +299,7 @@ mod tests {
         let before = truncation_faults();
         // Another process (here: the file) cuts the segment to one page.
         std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(4096).unwrap();
-        assert_eq!(r.shrunk(), Some(4096));
+        assert_eq!(r.shrunk(), Some((4096, 4 * 4096)));
         assert_eq!(r.get::<AtomicU64>(8).unwrap().load(Ordering::Relaxed), 7, "the page that is left");
         for page in 1..4 {
             assert_eq!(r.get::<AtomicU64>(page * 4096 + 8).unwrap().load(Ordering::Relaxed), 0, "page {page}");
