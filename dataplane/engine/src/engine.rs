@@ -223,6 +223,15 @@ impl<B: Backend> Engine<B> {
 pub(crate) fn account<K>(sa: &mut SaRuntime<K>, bytes: u64, events: &mut impl Host) {
     sa.stats.packets += 1;
     sa.stats.bytes += bytes;
+    if sa.stats.packets >= sa.next_limit_packets || sa.stats.bytes >= sa.next_limit_bytes {
+        reached_limit(sa, events);
+    }
+}
+
+/// A lifetime limit may have been reached: raise what is due, once.
+#[cold]
+#[inline(never)]
+fn reached_limit<K>(sa: &mut SaRuntime<K>, events: &mut impl Host) {
     let lt = sa.lifetime;
     let (p, b) = (sa.stats.packets, sa.stats.bytes);
     if !sa.soft_fired {
@@ -251,6 +260,7 @@ pub(crate) fn account<K>(sa: &mut SaRuntime<K>, bytes: u64, events: &mut impl Ho
             expire(sa, ExpiryCause::HardLifetime(l), events);
         }
     }
+    sa.update_next_limits();
 }
 
 /// Mark an SA expired and say so once.

@@ -77,6 +77,10 @@ pub(crate) struct Meta {
     ttl: u8,
     ident: u16,
     df: bool,
+    /// The outer source is known (`src`, and `sport` for UDP, else 0): reported in
+    /// `InResult::source`. Written out in stage 2, not in `parse`: reading `src` back right
+    /// after `parse_v4` stored it in pieces stalls store forwarding.
+    has_src: bool,
     flow: u32,
     src: IpAddr,
     dst: IpAddr,
@@ -98,6 +102,7 @@ pub(crate) const EMPTY: Meta = Meta {
     ttl: 0,
     ident: 0,
     df: false,
+    has_src: false,
     flow: 0,
     src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -144,6 +149,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             self.counters.in_bytes += pkt.len() as u64;
             *res = InResult::default();
             m.live = false;
+            m.has_src = false;
             m.slot = NO_SLOT;
             match self.parse(now, pkt, m, res) {
                 Ok(()) => m.live = true,
@@ -153,6 +159,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
         // Stage 2: SA lookup, in a tight loop so the lookups of a burst overlap.
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
+            if m.has_src {
+                res.source = Some(Endpoint { addr: m.src, port: m.sport });
+            }
             if m.live {
                 match self.sas.inbound(m.spi) {
                     Ok(slot) => m.slot = slot,
@@ -291,18 +300,13 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                 _ => return Err(Punt(PuntReason::Host)),
             };
             let d = pkt.data();
-            if proto != proto::UDP {
-                res.source = Some(Endpoint { addr: m.src, port: 0 });
-            }
+            m.has_src = true;
+            m.sport = 0;
             return match proto {
                 proto::UDP => {
-                    let u = udp::Packet::new_checked(&d[l4..end]).map_err(|_| {
-                        res.source = Some(Endpoint { addr: m.src, port: 0 });
-                        Drop(DropReason::UdpHeaderInvalid)
-                    })?;
+                    let u = udp::Packet::new_checked(&d[l4..end]).map_err(|_| Drop(DropReason::UdpHeaderInvalid))?;
                     m.sport = u.src_port();
                     m.dport = u.dst_port();
-                    res.source = Some(Endpoint { addr: m.src, port: m.sport });
                     if m.dport == esp::IKE_PORT {
                         return Err(Punt(PuntReason::Ike));
                     }

@@ -78,6 +78,10 @@ pub struct SaRuntime<K> {
     /// Inbound: anti-replay window and ESN state.
     pub replay: ReplayWindow,
     pub lifetime: Lifetime,
+    /// Lifetime accounting need not look closer until `stats.packets` or `stats.bytes`
+    /// reaches these (the nearest soft or hard limit not yet acted on; `u64::MAX`: none).
+    pub(crate) next_limit_packets: u64,
+    pub(crate) next_limit_bytes: u64,
     pub paired_spi: Option<u32>,
     /// Tunnel-mode traffic selectors, ready for per-packet checks.
     pub sel_local: SelectorSet,
@@ -98,7 +102,7 @@ impl<K: AeadKey> SaRuntime<K> {
 
     pub fn new<B: Backend<Key = K>>(p: &SaParams) -> Result<Self, KeyError> {
         let key = B::key(p.algorithm, p.key.expose())?;
-        Ok(SaRuntime {
+        let mut rt = SaRuntime {
             spi: p.spi,
             salt: p.salt,
             direction: p.direction,
@@ -120,12 +124,16 @@ impl<K: AeadKey> SaRuntime<K> {
             key_fp: crate::crypto::key_fingerprint(p.key.expose(), &p.salt),
             replay: ReplayWindow::new(p.replay_window, p.esn, p.last_seq),
             lifetime: p.lifetime,
+            next_limit_packets: 0,
+            next_limit_bytes: 0,
             paired_spi: p.paired_spi,
             sel_local: SelectorSet::new(&p.selectors.local),
             sel_peer: SelectorSet::new(&p.selectors.peer),
             stats: SaStats::default(),
             key,
-        })
+        };
+        rt.update_next_limits();
+        Ok(rt)
     }
 
     /// Send to the peer's new NAT endpoint (outbound SAs). Returns false, changing
@@ -149,6 +157,7 @@ impl<K: AeadKey> SaRuntime<K> {
         self.expired = old.expired;
         self.soft_fired = old.soft_fired;
         self.stats = old.stats;
+        self.update_next_limits();
     }
 
     /// Count a drop attributed to this SA.
@@ -157,6 +166,21 @@ impl<K: AeadKey> SaRuntime<K> {
         if let Some(i) = r.sa_index() {
             self.stats.drops[i] += 1;
         }
+    }
+}
+
+impl<K> SaRuntime<K> {
+    /// Recompute where lifetime accounting must next look: the soft limits until they
+    /// fired, the hard limits until the SA expired.
+    pub(crate) fn update_next_limits(&mut self) {
+        let lt = &self.lifetime;
+        let pick = |soft: Option<u64>, hard: Option<u64>| {
+            let soft = if self.soft_fired { None } else { soft };
+            let hard = if self.expired { None } else { hard };
+            soft.into_iter().chain(hard).min().unwrap_or(u64::MAX)
+        };
+        self.next_limit_packets = pick(lt.soft_packets, lt.hard_packets);
+        self.next_limit_bytes = pick(lt.soft_bytes, lt.hard_bytes);
     }
 }
 
