@@ -84,7 +84,8 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             me,
             snap: reader.snapshot(),
             cache,
-            by_spi: HashMap::with_capacity(1024),
+            // At most one entry per cache slot (see `load`): reserved once, never grown here.
+            by_spi: HashMap::with_capacity(capacity),
             resv,
             inboxes,
             hints: [None; OUT_CACHE],
@@ -128,6 +129,12 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     pub fn runtime(&self, dir: Direction, spi: u32) -> Option<&SaRuntime<B::Key>> {
         let slot = *self.by_spi.get(&(dir, spi))?;
         self.cache.get(slot as usize)?.as_ref().map(|c| &c.entry.rt).filter(|rt| rt.spi == spi)
+    }
+
+    /// How many (direction, SPI) pairs the store remembers a slot for: at most one per
+    /// loaded SA.
+    pub fn spis_tracked(&self) -> usize {
+        self.by_spi.len()
     }
 
     /// Every SA loaded in this worker: its runtime state (for reports).
@@ -183,6 +190,15 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         if dir == Direction::Outbound && !carried {
             if let Some(floor) = self.resv.get(p.spi, rt.key_fp) {
                 rt.resume_above(floor);
+            }
+        }
+        // Whatever the slot held before (another SA, its record since reclaimed) is gone:
+        // so is its SPI's entry, which keeps `by_spi` no larger than the cache however
+        // many SPIs rekeys bring.
+        if let Some(old) = self.cache[f.slot as usize].take() {
+            let gone = (old.entry.rt.direction, old.entry.rt.spi);
+            if self.by_spi.get(&gone) == Some(&f.slot) {
+                self.by_spi.remove(&gone);
             }
         }
         self.by_spi.insert(key, f.slot);

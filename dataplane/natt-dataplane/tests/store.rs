@@ -225,3 +225,34 @@ fn a_corrupt_record_is_refused_not_followed() {
     assert_eq!(s.inbound(spi), Err(DropReason::SaInvalid));
     assert_eq!(s.counters.invalid, 1);
 }
+
+#[test]
+fn rekeys_all_day_leave_the_store_bounded() {
+    // Each round installs a new inbound SPI (a rekey), lets the worker load it, removes
+    // the old one and lets the writer reclaim its record: slots are reused, and the
+    // store must forget the SPIs whose records are gone.
+    let t = Tmp::new("rekeys");
+    let owners = Owners::new(1);
+    let mut w = Writer::create(&t.0, "t", 8).unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes = vec![ArrayQueue::new(8)];
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    for round in 0..200u32 {
+        let spi = 0x5000 + round;
+        let mut b = w.batch();
+        b.add(&sa(spi, "inbound", 0, 0)).unwrap();
+        if round > 0 {
+            b.remove(Direction::Inbound, spi - 1).unwrap();
+        }
+        b.commit().unwrap();
+        s.refresh();
+        w.housekeeping(0, natt_sadb::writer::Readers::None);
+        let slot = s.inbound(spi).unwrap();
+        assert_eq!(s.entry(slot).unwrap().rt.spi, spi);
+        assert!(s.runtime(Direction::Inbound, spi).is_some());
+        assert!(s.loaded().count() <= 8, "round {round}: {} SAs cached", s.loaded().count());
+        assert!(s.spis_tracked() <= s.loaded().count(), "round {round}: {} SPIs tracked", s.spis_tracked());
+    }
+    assert_eq!(s.counters.loads, 200);
+}
