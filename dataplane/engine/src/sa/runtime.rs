@@ -77,7 +77,8 @@ pub struct SaRuntime<K> {
     pub key_fp: u64,
     /// Inbound: anti-replay window and ESN state.
     pub replay: ReplayWindow,
-    pub lifetime: Lifetime,
+    /// Fixed at construction: `next_limit_*` are derived from it.
+    pub(crate) lifetime: Lifetime,
     /// Lifetime accounting need not look closer until `stats.packets` or `stats.bytes`
     /// reaches these (the nearest soft or hard limit not yet acted on; `u64::MAX`: none).
     pub(crate) next_limit_packets: u64,
