@@ -13,7 +13,8 @@
 //! Each burst's buffers are refilled outside the timed section (`iter_custom`), the
 //! same way for both sides, so the difference of medians is the engine's own cost.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use natt_engine::crypto::{AeadKey, AuthFailed, Backend, Icv, KeyError, Nonce, Ring, nonce};
 use natt_engine::event::Discard;
 use natt_engine::sa::config::parse_config;
@@ -214,100 +215,61 @@ fn bench(c: &mut Criterion) {
         });
 
         let mut headend: Engine = Engine::with_sas(EngineConfig::default(), headend_sas(4)).unwrap();
-        g.bench_function("encap", |b| {
-            let mut bufs = buffers();
-            let mut res = vec![OutResult::default(); BURST];
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    refill(&mut bufs, std::slice::from_ref(&reply));
-                    let start = Instant::now();
-                    headend.encap_burst(&mut bufs, &mut res, &mut Discard);
-                    t += start.elapsed();
-                }
-                assert!(res.iter().all(|r| r.verdict == OutVerdict::Encapsulated));
-                t
-            })
-        });
-
-        g.bench_function("decap", |b| {
-            let mut bufs = buffers();
-            let mut res = vec![InResult::default(); BURST];
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for it in 0..iters as usize {
-                    let k = it % POOL;
-                    if k == 0 {
-                        // Start the pool over on a fresh inbound SA (untimed), so
-                        // anti-replay stays on and every packet passes.
-                        let p = headend.remove_sa(Direction::Inbound, 0x1001).unwrap();
-                        headend.add_sa(p).unwrap();
-                    }
-                    refill(&mut bufs, &pool[k * BURST..(k + 1) * BURST]);
-                    let start = Instant::now();
-                    headend.decap_burst(&mut bufs, 0, &mut res, &mut Discard);
-                    t += start.elapsed();
-                }
-                assert!(res.iter().all(|r| r.verdict == InVerdict::Tunnel), "{:?}", res[0]);
-                t
-            })
-        });
-
+        bench_encap(&mut g, "encap", &mut headend, &reply);
+        bench_decap(&mut g, "decap", &mut headend, &pool);
         let mut padded: Engine = Engine::with_sas(EngineConfig::default(), headend_sas(16)).unwrap();
-        g.bench_function("encap_pad16", |b| {
-            let mut bufs = buffers();
-            let mut res = vec![OutResult::default(); BURST];
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    refill(&mut bufs, std::slice::from_ref(&reply));
-                    let start = Instant::now();
-                    padded.encap_burst(&mut bufs, &mut res, &mut Discard);
-                    t += start.elapsed();
-                }
-                assert!(res.iter().all(|r| r.verdict == OutVerdict::Encapsulated));
-                t
-            })
-        });
-
+        bench_encap(&mut g, "encap_pad16", &mut padded, &reply);
         let mut bare: Engine<NoCrypto> = Engine::with_sas(EngineConfig::default(), headend_sas(4)).unwrap();
-        g.bench_function("encap_engine_only", |b| {
-            let mut bufs = buffers();
-            let mut res = vec![OutResult::default(); BURST];
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    refill(&mut bufs, std::slice::from_ref(&reply));
-                    let start = Instant::now();
-                    bare.encap_burst(&mut bufs, &mut res, &mut Discard);
-                    t += start.elapsed();
-                }
-                assert!(res.iter().all(|r| r.verdict == OutVerdict::Encapsulated));
-                t
-            })
-        });
-        g.bench_function("decap_engine_only", |b| {
-            let mut bufs = buffers();
-            let mut res = vec![InResult::default(); BURST];
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for it in 0..iters as usize {
-                    let k = it % POOL;
-                    if k == 0 {
-                        let p = bare.remove_sa(Direction::Inbound, 0x1001).unwrap();
-                        bare.add_sa(p).unwrap();
-                    }
-                    refill(&mut bufs, &clear_pool[k * BURST..(k + 1) * BURST]);
-                    let start = Instant::now();
-                    bare.decap_burst(&mut bufs, 0, &mut res, &mut Discard);
-                    t += start.elapsed();
-                }
-                assert!(res.iter().all(|r| r.verdict == InVerdict::Tunnel), "{:?}", res[0]);
-                t
-            })
-        });
+        bench_encap(&mut g, "encap_engine_only", &mut bare, &reply);
+        bench_decap(&mut g, "decap_engine_only", &mut bare, &clear_pool);
         g.finish();
     }
+}
+
+/// Time `encap_burst` over bursts of `frame`.
+fn bench_encap<B: Backend>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, engine: &mut Engine<B>, frame: &[u8]) {
+    let frame = frame.to_vec();
+    g.bench_function(name, |b| {
+        let mut bufs = buffers();
+        let mut res = vec![OutResult::default(); BURST];
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                refill(&mut bufs, std::slice::from_ref(&frame));
+                let start = Instant::now();
+                engine.encap_burst(&mut bufs, &mut res, &mut Discard);
+                t += start.elapsed();
+            }
+            assert!(res.iter().all(|r| r.verdict == OutVerdict::Encapsulated));
+            t
+        })
+    });
+}
+
+/// Time `decap_burst` over the bursts of `pool` (rising sequence numbers), anti-replay on.
+fn bench_decap<B: Backend>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, engine: &mut Engine<B>, pool: &[Vec<u8>]) {
+    g.bench_function(name, |b| {
+        let mut bufs = buffers();
+        let mut res = vec![InResult::default(); BURST];
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for it in 0..iters as usize {
+                let k = it % POOL;
+                if k == 0 {
+                    // Start the pool over on a fresh inbound SA (untimed), so anti-replay
+                    // stays on and every packet passes.
+                    let p = engine.remove_sa(Direction::Inbound, 0x1001).unwrap();
+                    engine.add_sa(p).unwrap();
+                }
+                refill(&mut bufs, &pool[k * BURST..(k + 1) * BURST]);
+                let start = Instant::now();
+                engine.decap_burst(&mut bufs, 0, &mut res, &mut Discard);
+                t += start.elapsed();
+            }
+            assert!(res.iter().all(|r| r.verdict == InVerdict::Tunnel), "{:?}", res[0]);
+            t
+        })
+    });
 }
 
 criterion_group!(benches, bench);
