@@ -1,10 +1,11 @@
 //! Mempools and mbufs. An `Mbuf` owns one packet (freeing it when dropped); a `Burst`
-//! holds up to 64 and frees what is left in one call. The engine sees a single-segment
-//! mbuf as a `PktBuf` over its data room.
+//! holds up to 64 and frees what is left in one call. A `PlainMbuf` is an mbuf checked
+//! once to be a single unshared segment: the engine works on it in place, as a `Frame`
+//! over its data room.
 
 use crate::DpdkError;
 use dpdk_sys::rte_mbuf;
-use natt_engine::{PktBuf, RxChecksum, TxChecksum};
+use natt_engine::{Frame, RxChecksum, TxChecksum};
 use std::ffi::CString;
 use std::ptr::NonNull;
 
@@ -167,7 +168,8 @@ impl Mbuf {
     #[inline]
     pub fn is_plain(&self) -> bool {
         let m = self.m();
-        m.nb_segs == 1 && m.next.is_null() && m.ol_flags & IND_OR_EXT == 0 && m.refcnt == 1
+        // One test of four fields instead of four branches: this runs on every packet.
+        (u64::from(m.nb_segs ^ 1) | (m.next as usize as u64) | (m.ol_flags & IND_OR_EXT) | u64::from(m.refcnt ^ 1)) == 0
     }
 
     /// A word the application may use: the mbuf's hash union in its first cache line
@@ -201,88 +203,60 @@ impl Mbuf {
         }
     }
 
-    /// The frame, writable, if the mbuf is plain (see `is_plain`).
+    /// This mbuf as a `PlainMbuf`, if it is plain (see `is_plain`); else itself.
     #[inline]
-    pub fn data_mut(&mut self) -> Option<&mut [u8]> {
-        if !self.is_plain() {
-            return None;
-        }
-        let m = self.m_mut();
-        // SAFETY: as in `data`; a plain mbuf's buffer is ours alone and the slice borrows
-        // the mbuf mutably.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(
-                m.buf_addr.cast::<u8>().add(usize::from(m.data_off)),
-                usize::from(m.data_len),
-            )
-        })
+    pub fn into_plain(self) -> Result<PlainMbuf, Mbuf> {
+        if self.is_plain() { Ok(PlainMbuf(self)) } else { Err(self) }
     }
 
-    /// The data room and the frame's place in it, and what the port found of its IPv4
-    /// header checksum, for the engine. `None` unless plain.
+    /// Make the frame (one segment) `len` bytes at `head` in the buffer. Returns false,
+    /// changing nothing, if that is outside the buffer.
     #[inline]
-    pub fn pkt_buf(&mut self) -> Option<PktBuf<&mut [u8]>> {
-        if !self.is_plain() {
-            return None;
+    pub fn set_frame(&mut self, head: usize, len: usize) -> bool {
+        let m = self.m_mut();
+        if head.checked_add(len).is_none_or(|end| end > usize::from(m.buf_len)) {
+            return false;
         }
-        let nic = self.rx_ip_checksum();
-        let m = self.m_mut();
-        let (head, len) = (usize::from(m.data_off), usize::from(m.data_len));
-        // SAFETY: a plain mbuf's buffer [buf_addr, buf_addr + buf_len) belongs to this mbuf
-        // alone (refcnt 1, not indirect or external); we own the mbuf and the returned
-        // slice borrows it mutably, so nothing else touches the buffer meanwhile.
-        let buf = unsafe { std::slice::from_raw_parts_mut(m.buf_addr.cast::<u8>(), usize::from(m.buf_len)) };
-        let mut p = PktBuf::new(buf, head, len)?;
-        p.set_ip_checksum(nic);
-        Some(p)
-    }
-
-    /// Record where the frame is after the engine moved it (one segment).
-    #[inline]
-    pub fn set_frame(&mut self, head: usize, len: usize) {
-        let m = self.m_mut();
-        debug_assert!(head + len <= usize::from(m.buf_len));
+        // buf_len is a u16, so both fit.
         m.data_off = head as u16;
         m.data_len = len as u16;
         m.pkt_len = len as u32;
+        true
     }
 
     /// Copy a multi-segment (or shared) packet into one fresh mbuf from `pool`, freeing
     /// this one. Returns the packet unchanged if it does not fit one mbuf or no mbuf is
     /// free.
-    pub fn linearize(self, pool: &Mempool) -> Result<Mbuf, Mbuf> {
+    pub fn linearize(self, pool: &Mempool) -> Result<PlainMbuf, Mbuf> {
         let total = self.pkt_len() as usize;
-        let Some(mut out) = pool.alloc() else { return Err(self) };
-        let room = usize::from(out.m().buf_len) - usize::from(out.m().data_off);
-        if total > room {
+        let Some(out) = pool.alloc() else { return Err(self) };
+        let Ok(mut out) = out.into_plain() else { return Err(self) };
+        let head = out.head();
+        if total > out.raw().len() - head {
             return Err(self);
         }
-        let head = usize::from(out.m().data_off);
         let mut at = head;
-        {
-            let Some(mut dst) = out.pkt_buf() else { return Err(self) };
-            let raw = dst.raw_mut();
-            let mut seg = self.0.as_ptr();
-            while !seg.is_null() {
-                // SAFETY: walking our own chain; each segment's data lies in its buffer.
-                let s = unsafe { &*seg };
-                // SAFETY: [buf_addr + data_off, + data_len) is this segment's data.
-                let data = unsafe {
-                    std::slice::from_raw_parts(
-                        s.buf_addr.cast::<u8>().add(usize::from(s.data_off)),
-                        usize::from(s.data_len),
-                    )
-                };
-                if at + data.len() > raw.len() {
-                    return Err(self);
-                }
-                raw[at..at + data.len()].copy_from_slice(data);
-                at += data.len();
-                seg = s.next;
-            }
+        let raw = out.raw_mut();
+        let mut seg = self.0.as_ptr();
+        while !seg.is_null() {
+            // SAFETY: walking our own chain; each segment's data lies in its buffer.
+            let s = unsafe { &*seg };
+            // SAFETY: [buf_addr + data_off, + data_len) is this segment's data.
+            let data = unsafe {
+                std::slice::from_raw_parts(
+                    s.buf_addr.cast::<u8>().add(usize::from(s.data_off)),
+                    usize::from(s.data_len),
+                )
+            };
+            let Some(dst) = raw.get_mut(at..at + data.len()) else { return Err(self) };
+            dst.copy_from_slice(data);
+            at += data.len();
+            seg = s.next;
         }
         let port = self.port();
-        out.set_frame(head, at - head);
+        if !out.set_frame(head, at - head) {
+            return Err(self);
+        }
         out.m_mut().port = port;
         Ok(out)
     }
@@ -295,23 +269,146 @@ impl Drop for Mbuf {
     }
 }
 
-/// Up to `BURST_MAX` mbufs. What it still holds when dropped or cleared is freed in one
-/// call.
-pub struct Burst {
-    m: [*mut rte_mbuf; BURST_MAX],
-    n: usize,
-}
+/// An mbuf that was plain when it became this (one segment, not indirect or external,
+/// reference count 1: `Mbuf::into_plain`). It stays plain: we own it, and nothing here
+/// chains, attaches or shares it. So its data room is ours to read and write without
+/// asking again, and the engine works on it in place.
+#[repr(transparent)]
+pub struct PlainMbuf(Mbuf);
 
-// SAFETY: the burst owns the mbufs it points to; moving it moves that ownership.
-unsafe impl Send for Burst {}
-
-impl Default for Burst {
-    fn default() -> Self {
-        Burst { m: [std::ptr::null_mut(); BURST_MAX], n: 0 }
+impl PlainMbuf {
+    #[inline]
+    pub fn into_mbuf(self) -> Mbuf {
+        self.0
     }
 }
 
-impl Burst {
+impl std::ops::Deref for PlainMbuf {
+    type Target = Mbuf;
+    #[inline]
+    fn deref(&self) -> &Mbuf {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PlainMbuf {
+    /// `Mbuf`'s methods cannot make an mbuf unplain: none chains, attaches or shares it.
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Mbuf {
+        &mut self.0
+    }
+}
+
+const RX_IP_CKSUM_MASK: u64 = dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_MASK as u64;
+const RX_IP_CKSUM_GOOD: u64 = dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_GOOD as u64;
+const RX_IP_CKSUM_BAD: u64 = dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_BAD as u64;
+
+impl Frame for PlainMbuf {
+    #[inline]
+    fn raw(&self) -> &[u8] {
+        let m = self.m();
+        // SAFETY: [buf_addr, buf_addr + buf_len) is this mbuf's buffer; a plain mbuf's
+        // buffer belongs to it alone, valid while we own it; the slice borrows self.
+        unsafe { std::slice::from_raw_parts(m.buf_addr.cast::<u8>(), usize::from(m.buf_len)) }
+    }
+
+    #[inline]
+    fn raw_mut(&mut self) -> &mut [u8] {
+        let m = self.m_mut();
+        // SAFETY: as in `raw`; nothing else references the buffer (refcnt 1, not indirect
+        // or external) and the slice borrows self mutably.
+        unsafe { std::slice::from_raw_parts_mut(m.buf_addr.cast::<u8>(), usize::from(m.buf_len)) }
+    }
+
+    #[inline]
+    fn head(&self) -> usize {
+        usize::from(self.m().data_off)
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        usize::from(self.m().data_len)
+    }
+
+    #[inline]
+    fn set_range(&mut self, head: usize, len: usize) -> bool {
+        self.set_frame(head, len)
+    }
+
+    #[inline]
+    fn ip_checksum(&self) -> RxChecksum {
+        self.rx_ip_checksum()
+    }
+
+    #[inline]
+    fn set_ip_checksum(&mut self, c: RxChecksum) {
+        let bits = match c {
+            RxChecksum::Good => RX_IP_CKSUM_GOOD,
+            RxChecksum::Bad => RX_IP_CKSUM_BAD,
+            RxChecksum::Unknown => 0,
+        };
+        let m = self.m_mut();
+        m.ol_flags = (m.ol_flags & !RX_IP_CKSUM_MASK) | bits;
+    }
+}
+
+/// What a `Burst` holds: owned mbufs, plain or not; both are one pointer, so a burst
+/// stores raw pointers and hands them out as either.
+///
+/// # Safety
+/// Implementors are `repr(transparent)` over a non-null pointer to an mbuf they own, and
+/// `from_raw` of a pointer `into_raw` gave is that value again.
+pub unsafe trait Owned: Sized {
+    fn into_raw(self) -> *mut rte_mbuf;
+    /// # Safety
+    /// `p` came from `into_raw` of this type (so it is owned, and plain if the type says so).
+    unsafe fn from_raw(p: *mut rte_mbuf) -> Option<Self>;
+}
+
+// SAFETY: repr(transparent) over NonNull<rte_mbuf>; owns it.
+unsafe impl Owned for Mbuf {
+    #[inline]
+    fn into_raw(self) -> *mut rte_mbuf {
+        Mbuf::into_raw(self)
+    }
+    #[inline]
+    unsafe fn from_raw(p: *mut rte_mbuf) -> Option<Self> {
+        // SAFETY: the caller passes an owned mbuf.
+        unsafe { Mbuf::from_raw(p) }
+    }
+}
+
+// SAFETY: repr(transparent) over Mbuf; the pointers it gives out were plain mbufs.
+unsafe impl Owned for PlainMbuf {
+    #[inline]
+    fn into_raw(self) -> *mut rte_mbuf {
+        self.0.into_raw()
+    }
+    #[inline]
+    unsafe fn from_raw(p: *mut rte_mbuf) -> Option<Self> {
+        // SAFETY: the caller passes an owned mbuf that was plain, and still is.
+        unsafe { Mbuf::from_raw(p) }.map(PlainMbuf)
+    }
+}
+
+/// Up to `BURST_MAX` mbufs (plain ones if `T` is `PlainMbuf`). What it still holds when
+/// dropped or cleared is freed in one call.
+pub struct Burst<T: Owned = Mbuf> {
+    m: [*mut rte_mbuf; BURST_MAX],
+    n: usize,
+    _owns: std::marker::PhantomData<T>,
+}
+
+// SAFETY: the burst owns the mbufs it points to; moving it moves that ownership.
+unsafe impl<T: Owned> Send for Burst<T> {}
+
+impl<T: Owned> Default for Burst<T> {
+    fn default() -> Self {
+        Burst { m: [std::ptr::null_mut(); BURST_MAX], n: 0, _owns: std::marker::PhantomData }
+    }
+}
+
+impl<T: Owned> Burst<T> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -338,7 +435,7 @@ impl Burst {
 
     /// Add a packet; gives it back if the burst is full.
     #[inline]
-    pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
+    pub fn push(&mut self, m: T) -> Result<(), T> {
         if self.n == BURST_MAX {
             return Err(m);
         }
@@ -349,10 +446,10 @@ impl Burst {
 
     /// Take out every packet, in order.
     #[inline]
-    pub fn drain(&mut self) -> impl Iterator<Item = Mbuf> + '_ {
+    pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         let n = std::mem::take(&mut self.n);
-        // SAFETY: the first n entries are owned mbufs; each is taken out exactly once.
-        self.m[..n].iter().filter_map(|&p| unsafe { Mbuf::from_raw(p) })
+        // SAFETY: the first n entries came from `T::into_raw`; each is taken out once.
+        self.m[..n].iter().filter_map(|&p| unsafe { T::from_raw(p) })
     }
 
     /// Free everything held, in one call.
@@ -364,6 +461,23 @@ impl Burst {
         }
     }
 
+    /// The held mbufs, mutably, in order.
+    #[inline]
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: `T` is repr(transparent) over a non-null mbuf pointer (`Owned`); the
+        // first n entries came from `T::into_raw`, so they can be viewed as `T`s in place.
+        // The slice borrows the burst, so none can be taken out or freed meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.m.as_mut_ptr().cast::<T>(), self.n) }
+    }
+
+    /// Each held mbuf, mutably.
+    #[inline]
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
+        self.as_mut_slice().iter_mut()
+    }
+}
+
+impl Burst<Mbuf> {
     pub(crate) fn raw_tail(&mut self) -> (*mut *mut rte_mbuf, usize) {
         // SAFETY: pointer to the first free entry; `room` entries may be written.
         (unsafe { self.m.as_mut_ptr().add(self.n) }, BURST_MAX - self.n)
@@ -385,28 +499,14 @@ impl Burst {
         self.m.copy_within(k..self.n, 0);
         self.n -= k;
     }
-
-    /// The held mbufs, mutably, in order.
-    #[inline]
-    pub fn as_mut_slice(&mut self) -> &mut [Mbuf] {
-        // SAFETY: `Mbuf` is repr(transparent) over a non-null pointer; the first n entries
-        // are owned non-null mbufs, so they can be viewed as `Mbuf`s in place. The slice
-        // borrows the burst, so none can be taken out or freed meanwhile.
-        unsafe { std::slice::from_raw_parts_mut(self.m.as_mut_ptr().cast::<Mbuf>(), self.n) }
-    }
-
-    /// Each held mbuf, mutably.
-    #[inline]
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Mbuf> + '_ {
-        self.as_mut_slice().iter_mut()
-    }
 }
 
-impl Drop for Burst {
+impl<T: Owned> Drop for Burst<T> {
     fn drop(&mut self) {
         self.clear();
     }
 }
 
 const _: () = assert!(std::mem::size_of::<Mbuf>() == std::mem::size_of::<*mut rte_mbuf>());
+const _: () = assert!(std::mem::size_of::<PlainMbuf>() == std::mem::size_of::<*mut rte_mbuf>());
 const _: () = assert!(std::mem::size_of::<dpdk_sys::rte_mbuf__bindgen_ty_2>() == 8);

@@ -1,10 +1,11 @@
 //! Packet buffers with headroom and tailroom, the unit the engine works on.
 //!
-//! `buf[head..head + len]` is the frame; the engine moves `head` back to prepend
-//! headers and grows `len` into the tailroom to append trailers, never copying the
-//! payload. The DPDK dataplane builds one over each mbuf's data room and writes `head`
-//! and `len` back as `data_off` and `data_len`. What the NIC already checked travels
-//! with the frame (`RxChecksum`).
+//! A [`Frame`] is a frame inside a larger buffer: `raw()[head..head + len]`. The engine
+//! moves `head` back to prepend headers and grows `len` into the tailroom to append
+//! trailers, never copying the payload. What the NIC already checked travels with the
+//! frame (`RxChecksum`). [`PktBuf`] is the frame over any byte buffer (the offline tool
+//! and tests use `Vec<u8>`); the DPDK dataplane implements `Frame` for its mbufs, so
+//! the engine works on them in place, `head` and `len` being `data_off` and `data_len`.
 
 /// What the receiving NIC found of the frame's IPv4 header checksum (DPDK's
 /// `RTE_MBUF_F_RX_IP_CKSUM_*`). The engine trusts `Good` and `Bad` and verifies
@@ -29,7 +30,54 @@ impl RxChecksum {
     }
 }
 
-/// A frame inside a larger buffer.
+/// A frame inside a larger buffer: what the engine reads and rewrites in place.
+///
+/// Implementations keep `head + len <= raw().len()` (`set_range` refuses anything else).
+pub trait Frame {
+    /// The whole buffer, head- and tailroom included.
+    fn raw(&self) -> &[u8];
+    fn raw_mut(&mut self) -> &mut [u8];
+    /// Where the frame starts in the buffer.
+    fn head(&self) -> usize;
+    /// The frame's length.
+    fn len(&self) -> usize;
+    /// Move the frame to `raw()[head..head + len]`. Returns false, changing nothing, if
+    /// that is outside the buffer.
+    fn set_range(&mut self, head: usize, len: usize) -> bool;
+    /// What the NIC found of the (outer) IPv4 header checksum.
+    fn ip_checksum(&self) -> RxChecksum;
+    /// Record what is known of the IPv4 header checksum of the frame as it is now.
+    fn set_ip_checksum(&mut self, c: RxChecksum);
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    fn headroom(&self) -> usize {
+        self.head()
+    }
+
+    #[inline]
+    fn tailroom(&self) -> usize {
+        self.raw().len() - self.head() - self.len()
+    }
+
+    #[inline]
+    fn data(&self) -> &[u8] {
+        let (h, l) = (self.head(), self.len());
+        &self.raw()[h..h + l]
+    }
+
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        let (h, l) = (self.head(), self.len());
+        &mut self.raw_mut()[h..h + l]
+    }
+}
+
+/// A frame inside a byte buffer.
 #[derive(Debug)]
 pub struct PktBuf<B> {
     buf: B,
@@ -47,69 +95,34 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> PktBuf<B> {
         Some(PktBuf { buf, head, len, ip_checksum: RxChecksum::Unknown })
     }
 
-    /// What the NIC found of the (outer) IPv4 header checksum; `Unknown` unless set.
-    #[inline]
-    pub fn ip_checksum(&self) -> RxChecksum {
-        self.ip_checksum
+    pub fn into_inner(self) -> B {
+        self.buf
     }
+}
 
-    /// Record what the NIC found of the IPv4 header checksum of this frame as received.
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Frame for PktBuf<B> {
     #[inline]
-    pub fn set_ip_checksum(&mut self, c: RxChecksum) {
-        self.ip_checksum = c;
-    }
-
-    #[inline]
-    pub fn head(&self) -> usize {
-        self.head
-    }
-
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    #[inline]
-    pub fn headroom(&self) -> usize {
-        self.head
-    }
-
-    #[inline]
-    pub fn tailroom(&self) -> usize {
-        self.buf.as_ref().len() - self.head - self.len
-    }
-
-    #[inline]
-    pub fn data(&self) -> &[u8] {
-        &self.buf.as_ref()[self.head..self.head + self.len]
-    }
-
-    #[inline]
-    pub fn data_mut(&mut self) -> &mut [u8] {
-        let (h, l) = (self.head, self.len);
-        &mut self.buf.as_mut()[h..h + l]
-    }
-
-    /// The whole buffer, head- and tailroom included.
-    #[inline]
-    pub fn raw(&self) -> &[u8] {
+    fn raw(&self) -> &[u8] {
         self.buf.as_ref()
     }
 
     #[inline]
-    pub fn raw_mut(&mut self) -> &mut [u8] {
+    fn raw_mut(&mut self) -> &mut [u8] {
         self.buf.as_mut()
     }
 
-    /// Move the frame to `buf[head..head + len]`. Returns false, changing nothing, if
-    /// that is outside the buffer.
     #[inline]
-    pub fn set_range(&mut self, head: usize, len: usize) -> bool {
+    fn head(&self) -> usize {
+        self.head
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    fn set_range(&mut self, head: usize, len: usize) -> bool {
         match head.checked_add(len) {
             Some(end) if end <= self.buf.as_ref().len() => {
                 self.head = head;
@@ -120,8 +133,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> PktBuf<B> {
         }
     }
 
-    pub fn into_inner(self) -> B {
-        self.buf
+    #[inline]
+    fn ip_checksum(&self) -> RxChecksum {
+        self.ip_checksum
+    }
+
+    #[inline]
+    fn set_ip_checksum(&mut self, c: RxChecksum) {
+        self.ip_checksum = c;
     }
 }
 

@@ -4,7 +4,7 @@
 //! anti-replay), open in place, then finish (window update, trailer, inner-packet
 //! checks, NAT mapping, lifetimes) and rewrite the frame around the inner packet.
 
-use crate::buf::{PktBuf, RxChecksum};
+use crate::buf::{Frame, RxChecksum};
 use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account};
 use crate::event::{Event, EventKind, Host};
@@ -87,6 +87,8 @@ pub(crate) struct Meta {
     sport: u16,
     dport: u16,
     spi: u32,
+    /// The sequence number: its low half as read (stage 1), then the full number with
+    /// the high half inferred (stage 2).
     seq: u64,
     slot: u32,
 }
@@ -118,9 +120,9 @@ const NO_SLOT: u32 = u32::MAX;
 impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     /// Decapsulate a burst in place. `results[i]` receives the verdict for `pkts[i]`;
     /// `now` is a monotonic time in nanoseconds (for fragment timeouts).
-    pub fn decap_burst<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], now: u64, results: &mut [InResult], events: &mut E)
+    pub fn decap_burst<F, E>(&mut self, pkts: &mut [F], now: u64, results: &mut [InResult], events: &mut E)
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
         E: Host,
     {
         self.expire(now);
@@ -133,9 +135,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
     }
 
-    fn decap_chunk<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], now: u64, results: &mut [InResult], events: &mut E)
+    fn decap_chunk<F, E>(&mut self, pkts: &mut [F], now: u64, results: &mut [InResult], events: &mut E)
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
         E: Host,
     {
         // Scratch kept in the engine, so a burst does not initialise it anew.
@@ -157,36 +159,27 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
         }
 
-        // Stage 2: SA lookup, in a tight loop so the lookups of a burst overlap.
+        // Stage 2: look up each packet's SA and check the packet against it before any
+        // crypto (destination, encapsulation, lengths, anti-replay).
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
             if m.has_src {
                 res.source = Some(Endpoint { addr: m.src, port: m.sport });
             }
             if m.live {
-                match self.sas.inbound(m.spi) {
-                    Ok(slot) => m.slot = slot,
-                    Err(r) => self.settle_in(res, m, InVerdict::Drop(r)),
-                }
-            }
-        }
-
-        // Stage 3: every check that needs no crypto.
-        for ((pkt, m), res) in pkts.iter().zip(meta.iter_mut()).zip(results.iter_mut()) {
-            if m.live {
-                if let Err(r) = self.precheck(pkt.data(), m) {
+                if let Err(r) = self.lookup(m) {
                     self.settle_in(res, m, InVerdict::Drop(r));
                 }
             }
         }
 
-        // Stage 4: verify and decrypt in place.
+        // Stage 3: verify and decrypt in place.
         for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
             if m.live && !self.open(pkt, m) {
                 self.settle_in(res, m, InVerdict::Drop(DropReason::AuthFailed));
             }
         }
 
-        // Stage 5: window, trailer, inner packet, NAT, lifetime; rewrite the frame.
+        // Stage 4: window, trailer, inner packet, NAT, lifetime; rewrite the frame.
         for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
             if m.live {
                 let v = self.finish(pkt, m, events);
@@ -201,9 +194,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     /// buffer. Lets a dataplane gather fragments on one worker and then hand the whole
     /// datagram to the worker that owns its SA. Fragments held or dropped here are
     /// counted as received; a completed datagram is counted when it is decapsulated.
-    pub fn reassemble<Buf>(&mut self, pkt: &mut PktBuf<Buf>, now: u64) -> Reassembly
+    pub fn reassemble<F>(&mut self, pkt: &mut F, now: u64) -> Reassembly
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
     {
         self.expire(now);
         let len = pkt.len() as u64;
@@ -277,9 +270,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     // ---- stage 1 ----
 
-    fn parse<Buf>(&mut self, now: u64, pkt: &mut PktBuf<Buf>, m: &mut Meta, res: &mut InResult) -> Result<(), InVerdict>
+    fn parse<F>(&mut self, now: u64, pkt: &mut F, m: &mut Meta, res: &mut InResult) -> Result<(), InVerdict>
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
     {
         use InVerdict::{Drop, Punt};
         let l2 = ethernet::Frame::new_checked(pkt.data()).and_then(|f| f.info()).map_err(|e| {
@@ -320,6 +313,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                         NattKind::Esp(spi) => {
                             res.spi = Some(spi);
                             m.spi = spi;
+                            m.seq = u64::from(be32(d, l4 + udp::HEADER_LEN + 4));
                             m.encap = true;
                             m.esp = l4 + udp::HEADER_LEN;
                             m.end = l4 + u.len();
@@ -337,6 +331,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                     }
                     res.spi = Some(spi);
                     m.spi = spi;
+                    m.seq = u64::from(be32(d, l4 + 4));
                     m.encap = false;
                     m.esp = l4;
                     m.end = end;
@@ -351,14 +346,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     /// Parse an outer IPv4 header. Returns (protocol, L4 offset, end), or `None` when a
     /// fragment completed a datagram that now sits in the frame (parse again).
-    fn parse_v4<Buf>(
-        &mut self,
-        now: u64,
-        pkt: &mut PktBuf<Buf>,
-        m: &mut Meta,
-    ) -> Result<Option<(u8, usize, usize)>, InVerdict>
+    fn parse_v4<F>(&mut self, now: u64, pkt: &mut F, m: &mut Meta) -> Result<Option<(u8, usize, usize)>, InVerdict>
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
     {
         use InVerdict::{Drop, Punt};
         let l3 = m.l3;
@@ -399,14 +389,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         self.reassembled(outcome, pkt, l3)
     }
 
-    fn parse_v6<Buf>(
-        &mut self,
-        now: u64,
-        pkt: &mut PktBuf<Buf>,
-        m: &mut Meta,
-    ) -> Result<Option<(u8, usize, usize)>, InVerdict>
+    fn parse_v6<F>(&mut self, now: u64, pkt: &mut F, m: &mut Meta) -> Result<Option<(u8, usize, usize)>, InVerdict>
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
     {
         use InVerdict::{Drop, Punt};
         let l3 = m.l3;
@@ -446,14 +431,14 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     /// Act on what the reassembly table did with a fragment: on completion, write the
     /// datagram over the fragment's IP packet and ask for another parse.
-    fn reassembled<Buf>(
+    fn reassembled<F>(
         &mut self,
         outcome: FragOutcome,
-        pkt: &mut PktBuf<Buf>,
+        pkt: &mut F,
         l3: usize,
     ) -> Result<Option<(u8, usize, usize)>, InVerdict>
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
     {
         match outcome {
             FragOutcome::Held => Err(InVerdict::Held),
@@ -481,9 +466,12 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
     }
 
-    // ---- stage 3 ----
+    // ---- stage 2 ----
 
-    fn precheck(&mut self, d: &[u8], m: &mut Meta) -> Result<(), DropReason> {
+    /// Find the SA (`m.slot`) and check everything that needs no crypto.
+    #[inline]
+    fn lookup(&mut self, m: &mut Meta) -> Result<(), DropReason> {
+        m.slot = self.sas.inbound(m.spi)?;
         let sa = &self.sas.entry(m.slot).ok_or(DropReason::NoSa)?.rt;
         if sa.expired {
             return Err(DropReason::SaExpired);
@@ -503,11 +491,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         if (len - PREFIX_LEN - ICV_LEN) % 4 != 0 {
             return Err(DropReason::EspMisaligned);
         }
-        let seq = sa.replay.full_seq(be32(d, m.esp + 4)).ok_or(DropReason::ReplayStale)?;
-        sa.replay.check(seq).map_err(|e| match e {
-            ReplayError::Duplicate => DropReason::ReplayDuplicate,
-            ReplayError::Stale => DropReason::ReplayStale,
-        })?;
+        let seq = sa.replay.full_seq(m.seq as u32).ok_or(DropReason::ReplayStale)?;
+        sa.replay.check(seq).map_err(replay_drop)?;
         m.seq = seq;
         Ok(())
     }
@@ -515,9 +500,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     // ---- stage 3 ----
 
     /// Verify and decrypt; false if the ICV does not verify.
-    fn open<Buf>(&self, pkt: &mut PktBuf<Buf>, m: &Meta) -> bool
+    fn open<F>(&self, pkt: &mut F, m: &Meta) -> bool
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
     {
         let Some(e) = self.sas.entry(m.slot) else { return false };
         let sa = &e.rt;
@@ -556,23 +541,18 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     // ---- stage 4 ----
 
-    fn finish<Buf, E>(&mut self, pkt: &mut PktBuf<Buf>, m: &Meta, events: &mut E) -> InVerdict
+    fn finish<F, E>(&mut self, pkt: &mut F, m: &Meta, events: &mut E) -> InVerdict
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
         E: Host,
     {
         let Engine { sas, counters, .. } = self;
         let Some(e) = sas.entry_mut(m.slot) else { return InVerdict::Drop(DropReason::NoSa) };
         let sa = &mut e.rt;
-        // Checked again: an earlier packet of this burst may have carried the same number
-        // (the pre-crypto check saw the window as it was before the burst).
-        if let Err(e) = sa.replay.check(m.seq) {
-            return InVerdict::Drop(match e {
-                ReplayError::Duplicate => DropReason::ReplayDuplicate,
-                ReplayError::Stale => DropReason::ReplayStale,
-            });
-        }
-        let advanced = sa.replay.accept(m.seq);
+        let advanced = match sa.replay.check_and_accept(m.seq) {
+            Ok(a) => a,
+            Err(e) => return InVerdict::Drop(replay_drop(e)),
+        };
 
         // The peer's NAT mapping, from authenticated packets that advance the window
         // (an old reordered packet must not move it back).
@@ -607,11 +587,18 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     }
 }
 
+fn replay_drop(e: ReplayError) -> DropReason {
+    match e {
+        ReplayError::Duplicate => DropReason::ReplayDuplicate,
+        ReplayError::Stale => DropReason::ReplayStale,
+    }
+}
+
 /// Check the trailer and the inner packet and rewrite the frame around it. Returns the
 /// verdict and the inner length.
-fn unwrap_inner<K, Buf>(sa: &SaRuntime<K>, pkt: &mut PktBuf<Buf>, m: &Meta) -> Result<(InVerdict, usize), DropReason>
+fn unwrap_inner<K, F>(sa: &SaRuntime<K>, pkt: &mut F, m: &Meta) -> Result<(InVerdict, usize), DropReason>
 where
-    Buf: AsRef<[u8]> + AsMut<[u8]>,
+    F: Frame,
 {
     let h = pkt.head();
     let raw = pkt.raw_mut();

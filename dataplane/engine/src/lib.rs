@@ -27,7 +27,7 @@ pub mod replay;
 pub mod sa;
 pub mod wire;
 
-pub use buf::{PktBuf, RxChecksum};
+pub use buf::{Frame, PktBuf, RxChecksum};
 pub use counters::Counters;
 pub use engine::{Engine, EngineConfig, MAX_BURST, TxChecksumOffload};
 pub use event::{Event, EventKind, Host};

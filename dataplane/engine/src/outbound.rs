@@ -4,7 +4,7 @@
 //! before taking a sequence number, lay out the ESP header and trailer, seal in place,
 //! then write the outer UDP/IP/Ethernet headers in the headroom.
 
-use crate::buf::{PktBuf, RxChecksum};
+use crate::buf::{Frame, RxChecksum};
 use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account, expire};
 use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
@@ -136,9 +136,9 @@ pub const SEQ_BLOCK: u64 = 1 << 16;
 
 impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     /// Encapsulate a burst in place. `results[i]` receives the verdict for `pkts[i]`.
-    pub fn encap_burst<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], results: &mut [OutResult], events: &mut E)
+    pub fn encap_burst<F, E>(&mut self, pkts: &mut [F], results: &mut [OutResult], events: &mut E)
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
         E: Host,
     {
         let n = pkts.len().min(results.len());
@@ -150,9 +150,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
     }
 
-    fn encap_chunk<Buf, E>(&mut self, pkts: &mut [PktBuf<Buf>], results: &mut [OutResult], events: &mut E)
+    fn encap_chunk<F, E>(&mut self, pkts: &mut [F], results: &mut [OutResult], events: &mut E)
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
         E: Host,
     {
         let mut scratch = self.out_meta.take().unwrap_or_else(|| Box::new([EMPTY; MAX_BURST]));
@@ -373,9 +373,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     // ---- stage 4 ----
 
-    fn seal<Buf>(&self, pkt: &mut PktBuf<Buf>, m: &Meta)
+    fn seal<F>(&self, pkt: &mut F, m: &Meta)
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
     {
         let Some(e) = self.sas.entry(m.slot) else { return };
         let sa = &e.rt;
@@ -445,9 +445,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     // ---- stage 5 ----
 
     /// Returns the checksums left for the NIC.
-    fn write_outer<Buf>(&mut self, pkt: &mut PktBuf<Buf>, m: &Meta) -> TxChecksum
+    fn write_outer<F>(&mut self, pkt: &mut F, m: &Meta) -> TxChecksum
     where
-        Buf: AsRef<[u8]> + AsMut<[u8]>,
+        F: Frame,
     {
         let ident = self.next_ident();
         let offload = self.cfg.tx_checksum;

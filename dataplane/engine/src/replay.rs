@@ -78,6 +78,12 @@ impl ReplayWindow {
         if self.size == 0 || seq > self.top {
             return Ok(());
         }
+        self.check_inside(seq)
+    }
+
+    /// `seq` is not above the top: is it inside the window and not yet seen?
+    #[inline]
+    fn check_inside(&self, seq: u64) -> Result<(), ReplayError> {
         if self.top - seq >= u64::from(self.size) {
             return Err(ReplayError::Stale);
         }
@@ -100,19 +106,50 @@ impl ReplayWindow {
             return advanced;
         }
         if advanced {
-            let n = self.bits.len() as u64;
-            let old_word = self.top >> 6;
-            let new_word = seq >> 6;
-            let clear = (new_word - old_word).min(n);
-            for i in 1..=clear {
-                let idx = ((old_word + i) & (n - 1)) as usize;
-                self.bits[idx] = 0;
-            }
-            self.top = seq;
+            self.advance(seq);
         }
         let (w, b) = self.slot(seq);
         self.bits[w] |= 1 << b;
         advanced
+    }
+
+    /// `check` then `accept`, in one pass: for a packet whose ICV just verified, checked
+    /// again because an earlier packet of its burst may have carried the same number
+    /// (the check before decryption saw the window as it was before the burst).
+    #[inline]
+    pub fn check_and_accept(&mut self, seq: u64) -> Result<bool, ReplayError> {
+        if seq == 0 {
+            return Err(ReplayError::Stale);
+        }
+        let advanced = seq > self.top;
+        if self.size == 0 {
+            if advanced {
+                self.top = seq;
+            }
+            return Ok(advanced);
+        }
+        if advanced {
+            self.advance(seq);
+        } else {
+            self.check_inside(seq)?;
+        }
+        let (w, b) = self.slot(seq);
+        self.bits[w] |= 1 << b;
+        Ok(advanced)
+    }
+
+    /// Move the top to `seq` (above it), clearing the words that fall out of the window.
+    #[inline]
+    fn advance(&mut self, seq: u64) {
+        let n = self.bits.len() as u64;
+        let old_word = self.top >> 6;
+        let new_word = seq >> 6;
+        let clear = (new_word - old_word).min(n);
+        for i in 1..=clear {
+            let idx = ((old_word + i) & (n - 1)) as usize;
+            self.bits[idx] = 0;
+        }
+        self.top = seq;
     }
 
     #[inline]
@@ -186,6 +223,23 @@ mod tests {
             if want.is_ok() && x & 1 == 0 {
                 w.accept(seq);
                 seen.insert(seq);
+                top = top.max(seq);
+            }
+        }
+    }
+
+    #[test]
+    fn check_and_accept_is_check_then_accept() {
+        for size in [0u32, 64, 192, 1024] {
+            let (mut a, mut b) = (ReplayWindow::new(size, false, 0), ReplayWindow::new(size, false, 0));
+            let mut x = 99u64;
+            let mut top = 0u64;
+            for _ in 0..20_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let seq = (top + 40).saturating_sub((x >> 33) % (u64::from(size) + 200));
+                let want = a.check(seq).map(|()| a.accept(seq));
+                assert_eq!(b.check_and_accept(seq), want, "size {size} seq {seq}");
+                assert_eq!(a, b);
                 top = top.max(seq);
             }
         }

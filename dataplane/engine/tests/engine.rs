@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use natt_engine::event::{EventKind, ExpiryCause, Limit};
 use natt_engine::sa::{Direction, Endpoint};
-use natt_engine::{DropReason, EngineConfig, InVerdict, OutVerdict, PktBuf};
+use natt_engine::{DropReason, EngineConfig, Frame, InVerdict, OutVerdict, PktBuf};
 use serde_json::json;
 
 fn inner_frames(v6: bool) -> Vec<Vec<u8>> {

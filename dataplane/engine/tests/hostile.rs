@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use natt_engine::reason::Scope;
 use natt_engine::reassembly::ReassemblyConfig;
-use natt_engine::{DropReason, Engine, EngineConfig, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
+use natt_engine::{DropReason, Engine, EngineConfig, Frame, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Mutex;

@@ -9,7 +9,7 @@
 use natt_engine::crypto::{AeadKey, Backend, Ring, nonce};
 use natt_engine::sa::Algorithm;
 use natt_engine::sa::config::{parse_config, parse_sa};
-use natt_engine::{Engine, EngineConfig, InResult, InVerdict, PktBuf};
+use natt_engine::{Engine, EngineConfig, Frame, InResult, InVerdict, PktBuf};
 use serde_json::{Value, json};
 
 struct Vector {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use natt_engine::Frame;
 use natt_engine::wire::checksum;
 use natt_engine::{
     DropReason, Engine, EngineConfig, InResult, InVerdict, OutResult, OutVerdict, PktBuf, RxChecksum, TxChecksum,

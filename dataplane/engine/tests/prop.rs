@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use natt_engine::{InResult, InVerdict, OutResult, OutVerdict, PktBuf};
+use natt_engine::{Frame, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
 use proptest::prelude::*;
 use serde_json::json;
 

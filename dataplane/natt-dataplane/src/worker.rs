@@ -13,10 +13,10 @@ use crate::report::{SaReport, WorkerReport};
 use crate::setup::{Lane, Role, Shared};
 use crate::store::ShmStore;
 use arrayvec::ArrayVec;
-use natt_dpdk::mbuf::{BURST_MAX, Burst, Mbuf};
+use natt_dpdk::mbuf::{BURST_MAX, Burst, Mbuf, PlainMbuf};
 use natt_dpdk::{eal, port};
 use natt_engine::crypto::Ring as RingCrypto;
-use natt_engine::{DropReason, Engine, InResult, InVerdict, OutResult, OutVerdict, PktBuf, Reassembly};
+use natt_engine::{DropReason, Engine, Frame, InResult, InVerdict, OutResult, OutVerdict, Reassembly};
 use natt_sadb::stats::{Block, Counter};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
@@ -71,6 +71,10 @@ struct Worker<'a> {
     io: IoCounters,
     /// Per role: the port id and our TX queue on it.
     tx_port: [Option<(u16, u16)>; 4],
+    /// Per role: the MAC addresses of frames we forward there (next hop, then ours).
+    macs: [[u8; 12]; 4],
+    /// The only worker: every SA is ours, nothing is dispatched.
+    alone: bool,
     tx: [Burst; 4],
     /// Per lane and destination worker: packets waiting to be handed over.
     handoff: [Vec<Burst>; 2],
@@ -106,6 +110,15 @@ pub fn run(sh: &Shared, me: usize) -> i32 {
         block: sh.dp.counters(me),
         io: IoCounters::default(),
         tx_port: Role::ALL.map(|r| sh.port(r).map(|p| (p.info.id, me as u16))),
+        macs: Role::ALL.map(|r| {
+            let mut h = [0u8; 12];
+            if let Some(p) = sh.port(r) {
+                h[..6].copy_from_slice(&p.peer);
+                h[6..].copy_from_slice(&p.mac);
+            }
+            h
+        }),
+        alone: sh.workers() == 1,
         tx: Default::default(),
         handoff: [(0..sh.workers()).map(|_| Burst::new()).collect(), (0..sh.workers()).map(|_| Burst::new()).collect()],
         in_res: [InResult::default(); BURST_MAX],
@@ -130,7 +143,7 @@ impl<'a> Worker<'a> {
         let (sh, me) = (self.sh, self.me);
         let burst = sh.cfg.burst;
         let mut rx = Burst::new();
-        let mut keep = Burst::new();
+        let mut keep = Burst::<PlainMbuf>::new();
         let mut idle_passes = 0u32;
         loop {
             let stopping = sh.stop.load(Relaxed);
@@ -243,7 +256,7 @@ impl<'a> Worker<'a> {
     }
 
     #[inline]
-    fn poll_rings(&mut self, lane: Lane, rx: &mut Burst, keep: &mut Burst) -> usize {
+    fn poll_rings(&mut self, lane: Lane, rx: &mut Burst, keep: &mut Burst<PlainMbuf>) -> usize {
         let mut got = 0;
         for src in 0..self.sh.workers() {
             let Some(ring) = self.sh.ring(lane, src, self.me) else { continue };
@@ -263,14 +276,19 @@ impl<'a> Worker<'a> {
 
     // ---- inbound: public side to protected side ----
 
-    fn inbound(&mut self, rx: &mut Burst, keep: &mut Burst) {
+    fn inbound(&mut self, rx: &mut Burst, keep: &mut Burst<PlainMbuf>) {
         if rx.is_empty() {
             return;
         }
         let t = self.stamp();
         for m in rx.drain() {
             if let Some(m) = self.plain(m, true) {
-                self.dispatch_in(m, keep, true);
+                if self.alone {
+                    // Every SA is ours, and the engine reassembles fragments itself.
+                    push(keep, m);
+                } else {
+                    self.dispatch_in(m, keep, true);
+                }
             }
         }
         let t = self.charge(DISPATCH, t);
@@ -280,31 +298,25 @@ impl<'a> Worker<'a> {
     /// Keep a packet whose SA this worker owns, hand the others over. Fragments go to
     /// the worker that reassembles their datagram first.
     #[inline]
-    fn dispatch_in(&mut self, mut m: Mbuf, keep: &mut Burst, may_reassemble: bool) {
+    fn dispatch_in(&mut self, mut m: PlainMbuf, keep: &mut Burst<PlainMbuf>, may_reassemble: bool) {
         let owners = &self.sh.owners;
         match peek(m.data(), &self.sh.cfg.natt_ports) {
             Peek::Esp(spi) => {
                 let o = owners.of_spi(spi);
-                if o == self.me { push(keep, m) } else { self.hand_over(Lane::Inbound, o, m) }
+                if o == self.me { push(keep, m) } else { self.hand_over(Lane::Inbound, o, m.into_mbuf()) }
             }
             Peek::Fragment(key) => {
                 let o = owners.of_fragment(key);
                 if o != self.me {
-                    return self.hand_over(Lane::Inbound, o, m);
+                    return self.hand_over(Lane::Inbound, o, m.into_mbuf());
                 }
                 if !may_reassemble {
                     return push(keep, m);
                 }
-                let now = self.now_ns;
-                let Some(mut pb) = m.pkt_buf() else { return };
-                let r = self.engine.reassemble(&mut pb, now);
-                let (head, len) = (pb.head(), pb.len());
-                match r {
+                match self.engine.reassemble(&mut m, self.now_ns) {
                     Reassembly::NotFragment => push(keep, m),
-                    Reassembly::Complete => {
-                        m.set_frame(head, len);
-                        self.dispatch_in(m, keep, false);
-                    }
+                    // The datagram now fills the mbuf.
+                    Reassembly::Complete => self.dispatch_in(m, keep, false),
                     Reassembly::Punt(_) => self.punt(Role::Punt, m),
                     // Held: kept in the reassembly table (copied); Drop: counted.
                     Reassembly::Held | Reassembly::Drop(_) => drop(m),
@@ -314,18 +326,16 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn decap(&mut self, keep: &mut Burst, t: u64) {
+    fn decap(&mut self, keep: &mut Burst<PlainMbuf>, t: u64) {
         let n = keep.len();
-        if n == 0
-            || !self
-                .through_engine(keep, |w, pkts| w.engine.decap_burst(pkts, w.now_ns, &mut w.in_res[..n], &mut w.host))
-        {
+        if n == 0 {
             return;
         }
+        self.engine.decap_burst(keep.as_mut_slice(), self.now_ns, &mut self.in_res[..n], &mut self.host);
         let t = self.charge(DECAP, t);
         for (i, m) in keep.drain().enumerate() {
             match self.in_res[i].verdict {
-                InVerdict::Tunnel => self.send(Role::Protected, m, true),
+                InVerdict::Tunnel => self.forward(Role::Protected, m),
                 InVerdict::Transport | InVerdict::Punt(_) => self.punt(Role::Punt, m),
                 InVerdict::Keepalive | InVerdict::Held | InVerdict::Drop(_) => drop(m),
             }
@@ -335,14 +345,19 @@ impl<'a> Worker<'a> {
 
     // ---- outbound: protected side (and the host) to public side ----
 
-    fn outbound(&mut self, rx: &mut Burst, keep: &mut Burst, source: Source) {
+    fn outbound(&mut self, rx: &mut Burst, keep: &mut Burst<PlainMbuf>, source: Source) {
         if rx.is_empty() {
             return;
         }
         let t = self.stamp();
         for m in rx.drain() {
             if let Some(m) = self.plain(m, false) {
-                self.dispatch_out(m, keep, source);
+                if self.alone && source == Source::Protected {
+                    // Every SA is ours; what no SA covers the engine drops and counts.
+                    push(keep, m);
+                } else {
+                    self.dispatch_out(m, keep, source);
+                }
             }
         }
         let t = self.charge(DISPATCH, t);
@@ -352,34 +367,34 @@ impl<'a> Worker<'a> {
     /// Keep a packet whose outbound SA this worker owns, hand the others over. What the
     /// host sends that no SA covers (or IKE) leaves unencrypted.
     #[inline]
-    fn dispatch_out(&mut self, m: Mbuf, keep: &mut Burst, source: Source) {
+    fn dispatch_out(&mut self, m: PlainMbuf, keep: &mut Burst<PlainMbuf>, source: Source) {
         let found = inner_destination(m.data()).and_then(|d| self.engine.store_mut().lookup_outbound(&d));
         match (found, source) {
             (Some(_), Source::HostPublic) if is_ike_from_host(m.data(), &self.sh.cfg.natt_ports) => {
-                self.send(Role::Public, m, false)
+                self.send(Role::Public, m.into_mbuf())
             }
             (Some((_, spi)), _) => {
                 let o = self.sh.owners.of_spi(spi);
-                if o == self.me { push(keep, m) } else { self.hand_over(Lane::Outbound, o, m) }
+                if o == self.me { push(keep, m) } else { self.hand_over(Lane::Outbound, o, m.into_mbuf()) }
             }
             (None, Source::Protected) => push(keep, m),
-            (None, Source::HostPublic) => self.send(Role::Public, m, false),
-            (None, Source::HostProtected) => self.send(Role::Protected, m, false),
+            (None, Source::HostPublic) => self.send(Role::Public, m.into_mbuf()),
+            (None, Source::HostProtected) => self.send(Role::Protected, m.into_mbuf()),
         }
     }
 
-    fn encap(&mut self, keep: &mut Burst, t: u64) {
+    fn encap(&mut self, keep: &mut Burst<PlainMbuf>, t: u64) {
         let n = keep.len();
-        if n == 0 || !self.through_engine(keep, |w, pkts| w.engine.encap_burst(pkts, &mut w.out_res[..n], &mut w.host))
-        {
+        if n == 0 {
             return;
         }
+        self.engine.encap_burst(keep.as_mut_slice(), &mut self.out_res[..n], &mut self.host);
         let t = self.charge(ENCAP, t);
         for (i, mut m) in keep.drain().enumerate() {
             match self.out_res[i].verdict {
                 OutVerdict::Encapsulated => {
                     m.set_tx_checksum(&self.out_res[i].tx_checksum);
-                    self.send(Role::Public, m, true);
+                    self.forward(Role::Public, m);
                 }
                 OutVerdict::Punt(_) => self.punt(Role::ProtectedPunt, m),
                 OutVerdict::Drop(_) => drop(m),
@@ -390,39 +405,13 @@ impl<'a> Worker<'a> {
 
     // ---- around the engine ----
 
-    /// Give the engine the burst as packet buffers (`run` decapsulates or encapsulates),
-    /// then record in each mbuf where the engine left its frame. False, with the burst
-    /// dropped as multi_segment, if an mbuf could not be viewed (cannot happen: kept
-    /// mbufs are plain; but never process a burst whose verdicts would not line up).
-    #[inline]
-    fn through_engine(&mut self, keep: &mut Burst, run: impl FnOnce(&mut Self, &mut [PktBuf<&mut [u8]>])) -> bool {
-        let n = keep.len();
-        let mut frames = [(0usize, 0usize); BURST_MAX];
-        {
-            let mut pkts: ArrayVec<PktBuf<&mut [u8]>, BURST_MAX> =
-                keep.as_mut_slice().iter_mut().filter_map(Mbuf::pkt_buf).collect();
-            if pkts.len() != n {
-                drop(pkts);
-                self.drop_all(keep, DropReason::MultiSegment);
-                return false;
-            }
-            run(self, &mut pkts);
-            for (f, p) in frames.iter_mut().zip(&pkts) {
-                *f = (p.head(), p.len());
-            }
-        }
-        for (m, &(head, len)) in keep.as_mut_slice().iter_mut().zip(&frames) {
-            m.set_frame(head, len);
-        }
-        true
-    }
-
     /// A plain one-segment mbuf, linearised if it was not; or dropped and counted.
     #[inline]
-    fn plain(&mut self, m: Mbuf, inbound: bool) -> Option<Mbuf> {
-        if m.is_plain() {
-            return Some(m);
-        }
+    fn plain(&mut self, m: Mbuf, inbound: bool) -> Option<PlainMbuf> {
+        let m = match m.into_plain() {
+            Ok(p) => return Some(p),
+            Err(m) => m,
+        };
         let len = u64::from(m.pkt_len());
         match m.linearize(&self.sh.pool) {
             Ok(m) => {
@@ -445,13 +434,6 @@ impl<'a> Worker<'a> {
             self.engine.count_received_out(1, bytes);
         }
         self.engine.count_drop(r);
-    }
-
-    fn drop_all(&mut self, b: &mut Burst, r: DropReason) {
-        for _ in 0..b.len() {
-            self.engine.count_drop(r);
-        }
-        b.clear();
     }
 
     #[inline]
@@ -495,23 +477,38 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Queue a frame for `role`'s port, with our MAC as source and the next hop's as
-    /// destination if `rewrite`.
+    /// Forward a frame out of `role`'s port: our MAC as source, the next hop's as
+    /// destination.
     #[inline]
-    fn send(&mut self, role: Role, mut m: Mbuf, rewrite: bool) {
+    fn forward(&mut self, role: Role, mut m: PlainMbuf) {
+        if let Some(d) = m.data_mut().first_chunk_mut::<12>() {
+            *d = self.macs[role as usize];
+        }
+        self.send(role, m.into_mbuf());
+    }
+
+    /// Hand a frame to the host through a kernel interface, addressed to it.
+    #[inline]
+    fn punt(&mut self, role: Role, mut m: PlainMbuf) {
+        // Unicast frames are addressed to the interface, so the kernel takes them: the
+        // interface's MAC is ours on that port, the second half of `macs`.
+        let mac = self.macs[role as usize];
+        if let Some(d) = m.data_mut().first_chunk_mut::<6>() {
+            if d[0] & 1 == 0 {
+                d.copy_from_slice(&mac[6..]);
+            }
+        }
+        self.send(role, m.into_mbuf())
+    }
+
+    /// Queue a frame for `role`'s port as it is.
+    #[inline]
+    fn send(&mut self, role: Role, m: Mbuf) {
         let r = role as usize;
         if self.tx_port[r].is_none() {
             drop(m);
             self.engine.count_drop(DropReason::NoPuntPort);
             return;
-        }
-        if rewrite {
-            if let (Some(p), Some(d)) = (self.sh.port(role), m.data_mut()) {
-                if d.len() >= 12 {
-                    d[..6].copy_from_slice(&p.peer);
-                    d[6..12].copy_from_slice(&p.mac);
-                }
-            }
         }
         self.io.tx_bytes += u64::from(m.pkt_len());
         if let Err(m) = self.tx[r].push(m) {
@@ -524,18 +521,6 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Hand a frame to the host through a kernel interface, addressed to it.
-    #[inline]
-    fn punt(&mut self, role: Role, mut m: Mbuf) {
-        if let (Some(p), Some(d)) = (self.sh.port(role), m.data_mut()) {
-            // Unicast frames are addressed to the interface, so the kernel takes them.
-            if d.len() >= 6 && d[0] & 1 == 0 {
-                d[..6].copy_from_slice(&p.mac);
-            }
-        }
-        self.send(role, m, false)
-    }
-
     fn flush_tx(&mut self, r: usize) {
         let Some((id, q)) = self.tx_port[r] else { return };
         let b = &mut self.tx[r];
@@ -543,11 +528,9 @@ impl<'a> Worker<'a> {
             return;
         }
         let t0 = if self.detail { eal::rdtsc() } else { 0 };
-        let mut stamps = [0u64; BURST_MAX];
+        let mut stamps = ArrayVec::<u64, BURST_MAX>::new();
         if self.detail {
-            for (s, m) in stamps.iter_mut().zip(b.iter_mut()) {
-                *s = m.stamp();
-            }
+            stamps.extend(b.iter_mut().map(|m| m.stamp()));
         }
         let mut tries = 0;
         let mut done = 0;
@@ -563,7 +546,7 @@ impl<'a> Worker<'a> {
             // runs of equal stamps are recorded at once: exact, and one histogram update
             // per RX burst instead of one per packet.
             let mut run = (0u64, 0u64);
-            for &s in &stamps[..done] {
+            for &s in stamps.iter().take(done) {
                 if s == run.0 {
                     run.1 += 1;
                     continue;
@@ -699,7 +682,7 @@ impl<'a> Worker<'a> {
 }
 
 #[inline]
-fn push(b: &mut Burst, m: Mbuf) {
+fn push(b: &mut Burst<PlainMbuf>, m: PlainMbuf) {
     // `keep` takes at most one RX burst (64), so it never overflows; drop defensively.
     if let Err(m) = b.push(m) {
         drop(m);

@@ -13,7 +13,7 @@ use capture::{CaptureReader, CaptureWriter};
 use clap::{Args, Parser, Subcommand};
 use natt_engine::reassembly::ReassemblyConfig;
 use natt_engine::sa::config::parse_config;
-use natt_engine::{Engine, EngineConfig, InResult, OutResult, PktBuf};
+use natt_engine::{Engine, EngineConfig, Frame, InResult, OutResult, PktBuf};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

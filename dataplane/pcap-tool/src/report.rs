@@ -4,7 +4,7 @@
 use natt_engine::event::endpoint_json;
 use natt_engine::reason::{DropReason, PuntReason};
 use natt_engine::sa::Direction;
-use natt_engine::{Engine, Event, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
+use natt_engine::{Engine, Event, Frame, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ use natt_engine::crypto::{nonce, AeadKey, Backend, Ring};
 use natt_engine::reassembly::ReassemblyConfig;
 use natt_engine::sa::config::parse_config;
 use natt_engine::wire::checksum::checksum;
-use natt_engine::{Engine, EngineConfig, InResult, OutResult, PktBuf, RxChecksum, SaParams};
+use natt_engine::{Engine, EngineConfig, Frame, InResult, OutResult, PktBuf, RxChecksum, SaParams};
 
 // Every SA has its own key: the configuration refuses two SAs with one key and salt.
 const CONFIG: &str = r#"{"sas": [

@@ -127,7 +127,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Every field of the fixed header, read in one pass (one bounds check).
-    #[inline]
+    #[inline(always)]
     pub fn repr(&self) -> HeaderRepr {
         let h = fixed(self.buffer.as_ref());
         let flg_off = u16::from_be_bytes([h[field::FLG_OFF], h[field::FLG_OFF + 1]]);

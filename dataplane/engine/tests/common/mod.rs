@@ -6,7 +6,7 @@ use core::net::IpAddr;
 use natt_engine::crypto::{AeadKey, Backend, Ring, nonce};
 use natt_engine::sa::config::parse_config;
 use natt_engine::wire::checksum;
-use natt_engine::{Engine, EngineConfig, Event, InResult, OutResult, PktBuf, SaParams};
+use natt_engine::{Engine, EngineConfig, Event, Frame, InResult, OutResult, PktBuf, SaParams};
 use serde_json::{Value, json};
 
 pub const HEADROOM: usize = 128;
