@@ -323,18 +323,19 @@ def compare(lab, args, sizes):
 
 def alternate(lab, args, sizes, variants, a, b):
     """Run variants `a` and `b` (name: (binary dir or None, extra dataplane arguments)) in
-    turn, --rounds each, encapsulation and decapsulation (1 SA, anti-replay off) at each
-    size; `a` relative to `b` from the medians, and the median of the ratios of runs
+    turn, --rounds each, encapsulation and decapsulation (anti-replay off; 1 SA, or the
+    first --sas count if given) at each size; `a` relative to `b` from the medians, and the median of the ratios of runs
     that ran back to back (which cancels most of the drift of a shared machine)."""
-    dut_off, _, mirror = configs(1)
-    with open(os.path.join(lab.work, "mirror-1.json"), "w") as f:
+    n = int(args.sas.split(",")[0]) if args.sas != "1,1000,100000" else 1
+    dut_off, _, mirror = configs(n)
+    with open(os.path.join(lab.work, f"mirror-{n}.json"), "w") as f:
         json.dump({"version": 1, "sas": mirror}, f)
-    lab.control("dut1", dut_off, 4096)
+    lab.control(f"dut{n}", dut_off, 1 << max(12, (4 * n + 1024).bit_length()))
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "host": os.uname().nodename, "cpu": cpu_model(), "seconds": args.seconds, "rounds": args.rounds,
-               "sas": 1, "variants": [a, b], "rows": []}
+               "sas": n, "variants": [a, b], "rows": []}
     for size in sizes:
-        plain_out, _, esp, k = captures(lab.work, 1, size)
+        plain_out, _, esp, k = captures(lab.work, n, size)
         mbufs = k + 32768
         for which in ("encap", "decap"):
             vdevs = looped_ports(which, plain_out, esp)
@@ -342,7 +343,7 @@ def alternate(lab, args, sizes, variants, a, b):
             for r in range(args.rounds):
                 for v in ((a, b) if r % 2 == 0 else (b, a)):
                     bin_dir, extra = variants[v]
-                    cmd, st = lab.dataplane("0-1", vdevs, "dut1", mbufs, args.seconds, extra, bin_dir)
+                    cmd, st = lab.dataplane("0-1", vdevs, f"dut{n}", mbufs, args.seconds, extra, bin_dir)
                     got = parse_rates(lab.run_dut(cmd, st), which)
                     if got:
                         runs[v].append(got)

@@ -34,6 +34,12 @@ impl<'a> Table<'a> {
         self.b.len()
     }
 
+    /// The first bucket of hash `h`'s probe chain.
+    #[inline]
+    pub fn first(&self, h: u64) -> &'a AtomicU64 {
+        &self.b[h as usize & self.mask]
+    }
+
     /// Call `f` with the slot of each entry tagged `tag`, in probe order from hash `h`,
     /// until it returns `Some`, an empty bucket ends the chain, or the probe bound.
     #[inline]

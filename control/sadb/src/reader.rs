@@ -8,6 +8,7 @@ use crate::layout::*;
 use crate::map::Mapping;
 use crate::record::{LpmKey, RecordError, decode, has_peer_selector};
 use core::net::IpAddr;
+use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Acquire, Relaxed};
 use natt_engine::sa::{Direction, SaParams};
 use std::path::Path;
@@ -92,6 +93,51 @@ impl Reader {
             let (r, uid) = self.visible(slot, dir, s.generation)?;
             (r.spi.load(Relaxed) == spi).then_some(Found { slot, uid })
         })
+    }
+
+    /// Where a lookup of `spi` starts: its first bucket. For looking ahead across a
+    /// burst (prefetch it; `first_slot` then finds its record without waiting for memory).
+    #[inline]
+    pub fn spi_bucket(&self, s: &Snapshot, dir: Direction, spi: u32) -> &AtomicU64 {
+        self.db.spi_table(dir, Self::which(s, TableId::spi(dir))).first(spi_hash(self.db.seed, spi))
+    }
+
+    /// The slot the first bucket of `spi`'s chain names if its tag matches: most likely
+    /// the record a lookup will read, for looking ahead. Not validated: only a hint.
+    #[inline]
+    pub fn first_slot(&self, s: &Snapshot, dir: Direction, spi: u32) -> Option<u32> {
+        let e = self.spi_bucket(s, dir, spi).load(Relaxed);
+        let low = e as u32;
+        ((e >> 32) as u32 == spi && low != TOMB && low != 0).then(|| low - 1)
+    }
+
+    /// Where an outbound lookup of `dst` most likely ends: the first bucket of its chain at
+    /// the longest prefix length present, and the tag it would match. For looking ahead.
+    #[inline]
+    pub fn lpm_bucket(&self, s: &Snapshot, dst: &IpAddr) -> Option<(&AtomicU64, u32)> {
+        let len = match dst {
+            IpAddr::V4(_) => (s.lpm_v4 & ((1u64 << 33) - 1)).checked_ilog2()?,
+            IpAddr::V6(_) => {
+                if s.lpm_v6[2] & 1 != 0 {
+                    128
+                } else if s.lpm_v6[1] != 0 {
+                    64 + s.lpm_v6[1].ilog2()
+                } else {
+                    s.lpm_v6[0].checked_ilog2()?
+                }
+            }
+        };
+        let h = LpmKey::masked(dst, len as u8).hash(self.db.seed);
+        Some((self.db.lpm_table(Self::which(s, TableId::Lpm)).first(h), (h >> 32) as u32))
+    }
+
+    /// The slot that bucket names if its tag matches: a hint, not validated.
+    #[inline]
+    pub fn lpm_first_slot(&self, s: &Snapshot, dst: &IpAddr) -> Option<u32> {
+        let (b, tag) = self.lpm_bucket(s, dst)?;
+        let e = b.load(Relaxed);
+        let low = e as u32;
+        ((e >> 32) as u32 == tag && low != TOMB && low != 0).then(|| low - 1)
     }
 
     /// The inbound SA with this SPI.

@@ -5,11 +5,13 @@
 //! - `port`: port information, configuration and start, RX/TX bursts, statistics, flows.
 //! - `mbuf`: mempools, and `Burst`, a fixed array of owned mbufs that frees what it holds.
 //! - `ring`: single-producer single-consumer rings of mbufs between workers.
+//! - `prefetch`: cache prefetch hints, for stages that look ahead across a burst.
 //! - `telemetry`: commands for DPDK's telemetry socket.
 
 pub mod eal;
 pub mod mbuf;
 pub mod port;
+pub mod prefetch;
 pub mod ring;
 pub mod telemetry;
 

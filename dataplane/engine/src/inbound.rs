@@ -146,6 +146,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let meta = &mut scratch[..n];
 
         // Stage 1: parse and classify.
+        let mut keys = [(0u32, 0u32); MAX_BURST];
+        let mut esp = 0;
         for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
             self.counters.in_packets += 1;
             self.counters.in_bytes += pkt.len() as u64;
@@ -154,13 +156,18 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             m.has_src = false;
             m.slot = NO_SLOT;
             match self.parse(now, pkt, m, res) {
-                Ok(()) => m.live = true,
+                Ok(()) => {
+                    m.live = true;
+                    keys[esp] = (m.spi, m.seq as u32);
+                    esp += 1;
+                }
                 Err(v) => self.settle_in(res, m, v),
             }
         }
 
         // Stage 2: look up each packet's SA and check the packet against it before any
         // crypto (destination, encapsulation, lengths, anti-replay).
+        self.sas.look_ahead_inbound(&keys[..esp]);
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
             if m.has_src {
                 res.source = Some(Endpoint { addr: m.src, port: m.sport });

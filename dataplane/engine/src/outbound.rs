@@ -160,6 +160,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let meta = &mut scratch[..n];
 
         // Stage 1: parse the inner IP header.
+        let mut dsts = [IpAddr::V4(Ipv4Addr::UNSPECIFIED); MAX_BURST];
+        let mut ip = 0;
         for ((pkt, m), res) in pkts.iter().zip(meta.iter_mut()).zip(results.iter_mut()) {
             self.counters.out_packets += 1;
             self.counters.out_bytes += pkt.len() as u64;
@@ -167,13 +169,19 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             m.live = false;
             m.slot = NO_SLOT;
             match self.classify(pkt.data(), pkt.ip_checksum(), m) {
-                Ok(()) => m.live = true,
+                Ok(()) => {
+                    m.live = true;
+                    dsts[ip] = m.dst;
+                    ip += 1;
+                }
                 Err(v) => self.settle_out(res, m, v),
             }
         }
 
-        // Stage 2: select the SA by destination, in a tight loop so the lookups of a
-        // burst overlap; check the source against its selectors.
+        // Stage 2: select the SA by destination (the store may look ahead across the
+        // burst first, so that the lookups' memory accesses overlap); check the source
+        // against its selectors.
+        self.sas.look_ahead_outbound(&dsts[..ip]);
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
             if m.live {
                 match self.sas.outbound(&m.dst) {

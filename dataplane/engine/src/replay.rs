@@ -152,6 +152,16 @@ impl ReplayWindow {
         self.top = seq;
     }
 
+    /// The bitmap word that checking `seq` reads (for looking ahead: prefetching it);
+    /// `None` with anti-replay off.
+    #[inline]
+    pub fn word(&self, seq: u64) -> Option<&u64> {
+        if self.bits.is_empty() {
+            return None;
+        }
+        Some(&self.bits[self.slot(seq).0])
+    }
+
     #[inline]
     fn slot(&self, seq: u64) -> (usize, u32) {
         (((seq >> 6) & (self.bits.len() as u64 - 1)) as usize, (seq & 63) as u32)
@@ -292,6 +302,16 @@ mod tests {
         assert_eq!(w.check(s), Ok(()));
         // Zero low half after the wrap is a valid number (2^32), already seen.
         assert_eq!(w.check(w.full_seq(0).unwrap()), Err(ReplayError::Duplicate));
+    }
+
+    #[test]
+    fn the_word_of_a_number_is_the_one_checking_it_reads() {
+        let mut w = ReplayWindow::new(128, false, 0);
+        assert!(ReplayWindow::new(0, false, 0).word(5).is_none());
+        recv(&mut w, 70).unwrap();
+        assert_eq!(w.word(70).copied(), Some(1 << 6), "bit 6 of the word holding 64..127");
+        assert_eq!(w.word(64 + 128 * 4 + 6).copied(), Some(1 << 6), "words repeat every 4 words");
+        assert_eq!(w.word(5).copied(), Some(0));
     }
 
     #[test]

@@ -13,6 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// mimalloc backs its heap with transparent huge pages where the kernel allows them (the
+/// default "madvise" mode is enough): with many SAs, the per-SA state of a worker spans
+/// hundreds of megabytes, and on 4 KiB pages nearly every packet missed the TLB as well
+/// as the cache (about a quarter of the cycles per packet at 100,000 SAs). The packet
+/// path itself never allocates.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if args::wants_help(&argv) {

@@ -12,6 +12,7 @@
 
 use crate::dispatch::Owners;
 use crossbeam_queue::ArrayQueue;
+use natt_dpdk::prefetch;
 use natt_engine::crypto::Backend;
 use natt_engine::reason::DropReason;
 use natt_engine::sa::{Direction, Endpoint, SaEntry, SaRuntime, SaStore};
@@ -20,6 +21,7 @@ use natt_sadb::dp::Reservations;
 use natt_sadb::reader::{Found, Snapshot};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
 
 /// A NAT endpoint change for an outbound SA another worker owns.
 pub type NatUpdate = (u32, Endpoint);
@@ -228,7 +230,79 @@ fn hint_index(dst: &IpAddr) -> usize {
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % OUT_CACHE
 }
 
+impl<'a, B: Backend> ShmStore<'a, B> {
+    /// Look ahead for the lookups of a burst, in three passes, each starting the loads
+    /// the next needs: the first bucket of each lookup's chain (`bucket`); then, buckets
+    /// now near, the record it names (`slot`) and this worker's cache entry for it; then
+    /// the runtime state the stages read (lookup fields, key schedule, counters, and the
+    /// replay word of `seq`). Worth it only when SAs are many: a few stay in the caches.
+    fn look_ahead<K: Copy>(
+        &self,
+        keys: &[K],
+        bucket: impl Fn(K) -> Option<&'a AtomicU64>,
+        slot: impl Fn(K) -> Option<u32>,
+        seq: impl Fn(K) -> Option<u64>,
+    ) {
+        if self.by_spi.len() < LOOK_AHEAD_MIN_SAS {
+            return;
+        }
+        let keys = &keys[..keys.len().min(LOOK_AHEAD_MAX)];
+        for &k in keys {
+            if let Some(b) = bucket(k) {
+                prefetch::line(b);
+            }
+        }
+        let mut slots = [u32::MAX; LOOK_AHEAD_MAX];
+        for (s, &k) in slots.iter_mut().zip(keys) {
+            if let Some(x) = slot(k) {
+                *s = x;
+                if let Some(r) = self.reader.db().record(x) {
+                    prefetch::line(r);
+                }
+                if let Some(c) = self.cache.get(x as usize) {
+                    prefetch::line(c);
+                }
+            }
+        }
+        for (&s, &k) in slots.iter().zip(keys) {
+            if let Some(Some(c)) = self.cache.get(s as usize) {
+                let rt = &c.entry.rt;
+                prefetch::lines(rt, RUNTIME_LINES);
+                if let Some(w) = seq(k).and_then(|q| rt.replay.word(q)) {
+                    prefetch::line(w);
+                }
+            }
+        }
+    }
+}
+
+/// Keys looked ahead at once (an engine burst).
+const LOOK_AHEAD_MAX: usize = 64;
+/// Look ahead only with at least this many SAs loaded: fewer stay in the caches (their
+/// state is about 1.3 KiB each), where looking ahead would cost more than it saves.
+const LOOK_AHEAD_MIN_SAS: usize = 512;
+/// Lines of an SA's runtime state worth loading ahead: all of it but the rarely read
+/// tail (per-reason drop counters).
+const RUNTIME_LINES: usize = 16;
+
 impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
+    #[inline]
+    fn look_ahead_inbound(&mut self, keys: &[(u32, u32)]) {
+        let (r, s) = (self.reader, self.snap);
+        self.look_ahead(
+            keys,
+            |(spi, _)| Some(r.spi_bucket(&s, Direction::Inbound, spi)),
+            |(spi, _)| r.first_slot(&s, Direction::Inbound, spi),
+            |(_, seq)| Some(u64::from(seq)),
+        );
+    }
+
+    #[inline]
+    fn look_ahead_outbound(&mut self, dsts: &[IpAddr]) {
+        let (r, s) = (self.reader, self.snap);
+        self.look_ahead(dsts, |d| r.lpm_bucket(&s, &d).map(|b| b.0), |d| r.lpm_first_slot(&s, &d), |_| None);
+    }
+
     #[inline]
     fn inbound(&mut self, spi: u32) -> Result<u32, DropReason> {
         let f = self.reader.inbound(&self.snap, spi).ok_or(DropReason::NoSa)?;

@@ -256,3 +256,58 @@ fn rekeys_all_day_leave_the_store_bounded() {
     }
     assert_eq!(s.counters.loads, 200);
 }
+
+#[test]
+fn looking_ahead_names_the_records_a_lookup_reads_and_changes_no_result() {
+    // Enough SAs that the store looks ahead (it does not with a few), in and out.
+    let t = Tmp::new("ahead");
+    let owners = Owners::new(1);
+    let n = 600u32;
+    let mut w = Writer::create(&t.0, "t", 2048).unwrap();
+    let mut b = w.batch();
+    for i in 0..n {
+        b.add(&sa(0x10000 + i, "inbound", 0, 0)).unwrap();
+        b.add(&sa(0x20000 + i, "outbound", 0, 64)).unwrap();
+    }
+    b.commit().unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes = vec![ArrayQueue::new(8)];
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let snap = r.snapshot();
+    s.refresh();
+    // The hints: where there is no collision the first bucket names the SA itself.
+    let mut named = 0;
+    for i in 0..n {
+        let (spi, out) = (0x10000 + i, 0x20000 + i);
+        let slot = s.inbound(spi).unwrap();
+        if let Some(hint) = r.first_slot(&snap, Direction::Inbound, spi) {
+            named += usize::from(hint == slot);
+        }
+        let oslot = s.outbound(&dst(out)).unwrap();
+        assert_eq!(s.entry(oslot).unwrap().rt.spi, out);
+        assert!(r.lpm_bucket(&snap, &dst(out)).is_some());
+        if let Some(hint) = r.lpm_first_slot(&snap, &dst(out)) {
+            named += usize::from(hint == oslot);
+        }
+    }
+    assert!(named > n as usize, "hints named the looked-up record only {named} times of {}", 2 * n);
+    assert_eq!(r.first_slot(&snap, Direction::Inbound, 0x9999_9999), None);
+    // Bursts of lookups with and without looking ahead, hostile keys among them.
+    let mut absent = 0;
+    for burst in 0..40u32 {
+        let keys: Vec<(u32, u32)> =
+            (0..64u32).map(|k| (0x10000 + (burst * 61 + k * 7) % (n + 40), k.wrapping_mul(0x9e37_79b9))).collect();
+        let dsts: Vec<IpAddr> = keys.iter().map(|&(spi, _)| dst(spi + 0x10000)).collect();
+        let before: Vec<_> = keys.iter().map(|&(spi, _)| s.inbound(spi)).collect();
+        let out_before: Vec<_> = dsts.iter().map(|d| s.outbound(d)).collect();
+        s.look_ahead_inbound(&keys);
+        s.look_ahead_outbound(&dsts);
+        assert_eq!(keys.iter().map(|&(spi, _)| s.inbound(spi)).collect::<Vec<_>>(), before);
+        assert_eq!(dsts.iter().map(|d| s.outbound(d)).collect::<Vec<_>>(), out_before);
+        absent += before.iter().filter(|x| **x == Err(DropReason::NoSa)).count();
+    }
+    assert!(absent > 0, "some keys name no SA");
+    s.look_ahead_inbound(&[(0, 0), (u32::MAX, u32::MAX)]);
+    s.look_ahead_outbound(&["::1".parse().unwrap(), "0.0.0.0".parse().unwrap()]);
+}

@@ -19,6 +19,19 @@ pub trait SaStore<K: AeadKey> {
     /// Point outbound SA `spi` at the peer's new NAT endpoint. Returns whether the SA
     /// exists (it may be updated later, by whoever owns it).
     fn follow_nat(&mut self, spi: u32, to: Endpoint) -> bool;
+
+    /// Get ready for the lookups of a burst: the (SPI, sequence number as received) of
+    /// its inbound ESP packets, in order. A store whose SAs may be far from the CPU
+    /// starts loading what `inbound` and the stages after it will read, so that the
+    /// burst's cache misses overlap rather than follow one another. Changes nothing a
+    /// lookup returns; the default does nothing.
+    #[inline]
+    fn look_ahead_inbound(&mut self, _keys: &[(u32, u32)]) {}
+
+    /// The same for the outbound lookups of a burst: the inner destinations of its
+    /// packets, in order.
+    #[inline]
+    fn look_ahead_outbound(&mut self, _dsts: &[IpAddr]) {}
 }
 
 impl<K: AeadKey> SaStore<K> for SaTable<K> {
