@@ -146,8 +146,6 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let meta = &mut scratch[..n];
 
         // Stage 1: parse and classify.
-        let mut keys = [(0u32, 0u32); MAX_BURST];
-        let mut esp = 0;
         for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
             self.counters.in_packets += 1;
             self.counters.in_bytes += pkt.len() as u64;
@@ -156,18 +154,23 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             m.has_src = false;
             m.slot = NO_SLOT;
             match self.parse(now, pkt, m, res) {
-                Ok(()) => {
-                    m.live = true;
-                    keys[esp] = (m.spi, m.seq as u32);
-                    esp += 1;
-                }
+                Ok(()) => m.live = true,
                 Err(v) => self.settle_in(res, m, v),
             }
         }
 
-        // Stage 2: look up each packet's SA and check the packet against it before any
-        // crypto (destination, encapsulation, lengths, anti-replay).
-        self.sas.look_ahead_inbound(&keys[..esp]);
+        // Stage 2: look up each packet's SA (the store may look ahead across the burst
+        // first, so that the lookups' memory accesses overlap) and check the packet
+        // against it before any crypto (destination, encapsulation, lengths, anti-replay).
+        if self.sas.looks_ahead() {
+            let mut keys = [(0u32, 0u32); MAX_BURST];
+            let mut k = 0;
+            for m in meta.iter().filter(|m| m.live) {
+                keys[k] = (m.spi, m.seq as u32);
+                k += 1;
+            }
+            self.sas.look_ahead_inbound(&keys[..k]);
+        }
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
             if m.has_src {
                 res.source = Some(Endpoint { addr: m.src, port: m.sport });

@@ -160,8 +160,6 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let meta = &mut scratch[..n];
 
         // Stage 1: parse the inner IP header.
-        let mut dsts = [IpAddr::V4(Ipv4Addr::UNSPECIFIED); MAX_BURST];
-        let mut ip = 0;
         for ((pkt, m), res) in pkts.iter().zip(meta.iter_mut()).zip(results.iter_mut()) {
             self.counters.out_packets += 1;
             self.counters.out_bytes += pkt.len() as u64;
@@ -169,11 +167,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             m.live = false;
             m.slot = NO_SLOT;
             match self.classify(pkt.data(), pkt.ip_checksum(), m) {
-                Ok(()) => {
-                    m.live = true;
-                    dsts[ip] = m.dst;
-                    ip += 1;
-                }
+                Ok(()) => m.live = true,
                 Err(v) => self.settle_out(res, m, v),
             }
         }
@@ -181,7 +175,15 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         // Stage 2: select the SA by destination (the store may look ahead across the
         // burst first, so that the lookups' memory accesses overlap); check the source
         // against its selectors.
-        self.sas.look_ahead_outbound(&dsts[..ip]);
+        if self.sas.looks_ahead() {
+            let mut dsts = [IpAddr::V4(Ipv4Addr::UNSPECIFIED); MAX_BURST];
+            let mut k = 0;
+            for m in meta.iter().filter(|m| m.live) {
+                dsts[k] = m.dst;
+                k += 1;
+            }
+            self.sas.look_ahead_outbound(&dsts[..k]);
+        }
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
             if m.live {
                 match self.sas.outbound(&m.dst) {
@@ -462,20 +464,25 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let Some(e) = self.sas.entry(m.slot) else { return TxChecksum::NONE };
         let sa = &e.rt;
         let h = pkt.head();
-        let at = |off: isize| (h as isize + off) as usize;
-        let (l2, ip, esp_at) = (at(m.l2_at), at(m.ip_at), at(m.esp_at));
+        let l2 = (h as isize + m.l2_at) as usize;
         let end = h + m.pstart + m.plen + m.pad + TRAILER_LEN + ICV_LEN;
-        let raw = pkt.raw_mut();
+        // The new frame, one bounds check; below, offsets are from its start: Ethernet,
+        // then the outer IP header at 14, UDP (if any) right before ESP.
+        let Some(f) = pkt.raw_mut().get_mut(l2..end) else { return TxChecksum::NONE };
+        let ip = ethernet::HEADER_LEN;
+        let esp_at = (m.esp_at - m.l2_at) as usize;
+        let l3_end = if sa.encap.is_some() { esp_at - udp::HEADER_LEN } else { esp_at };
+        let len = f.len();
         let ip_proto = if sa.encap.is_some() { proto::UDP } else { proto::ESP };
         let peer = sa.endpoint.addr;
         if let Some(enc) = sa.encap {
-            let u = esp_at - udp::HEADER_LEN;
-            udp::Packet::new_unchecked(&mut raw[u..end]).emit(enc.local_port, sa.endpoint.port, (end - u) as u16);
+            if let Some(u) = f[l3_end..].first_chunk_mut::<{ udp::HEADER_LEN }>() {
+                udp::emit_header(u, enc.local_port, sa.endpoint.port, (len - l3_end) as u16);
+            }
         }
         match (sa.mode, sa.local, peer) {
             (Mode::Tunnel, IpAddr::V4(src), IpAddr::V4(dst)) => {
-                let mut p = ipv4::Packet::new_unchecked(&mut raw[ip..end]);
-                p.emit_basic(&ipv4::Repr {
+                ipv4::Packet::new_unchecked(&mut f[ip..]).emit_basic(&ipv4::Repr {
                     src,
                     dst,
                     protocol: ip_proto,
@@ -487,11 +494,11 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                         DfPolicy::Set => true,
                         DfPolicy::Clear => false,
                     },
-                    total_len: (end - ip) as u16,
+                    total_len: (len - ip) as u16,
                 });
             }
             (Mode::Tunnel, IpAddr::V6(src), IpAddr::V6(dst)) => {
-                ipv6::Packet::new_unchecked(&mut raw[ip..end]).emit(&ipv6::Repr {
+                ipv6::Packet::new_unchecked(&mut f[ip..]).emit(&ipv6::Repr {
                     src,
                     dst,
                     next_header: ip_proto,
@@ -499,28 +506,27 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                     // RFC 6438: a flow label per SA lets ECMP spread tunnels.
                     flow_label: sa.spi.wrapping_mul(0x9e37_79b1) >> 12,
                     hop_limit: sa.ttl,
-                    payload_len: (end - ip - ipv6::HEADER_LEN) as u16,
+                    payload_len: (len - ip - ipv6::HEADER_LEN) as u16,
                 });
             }
             (Mode::Transport, IpAddr::V4(src), IpAddr::V4(dst)) => {
-                let mut p = ipv4::Packet::new_unchecked(&mut raw[ip..end]);
+                let mut p = ipv4::Packet::new_unchecked(&mut f[ip..]);
                 p.set_src(src);
                 p.set_dst(dst);
                 p.set_protocol(ip_proto);
-                p.set_total_len((end - ip) as u16);
+                p.set_total_len((len - ip) as u16);
                 p.fill_checksum();
             }
             (Mode::Transport, IpAddr::V6(src), IpAddr::V6(dst)) => {
-                let mut p = ipv6::Packet::new_unchecked(&mut raw[ip..end]);
+                let mut p = ipv6::Packet::new_unchecked(&mut f[ip..]);
                 p.set_src(&src);
                 p.set_dst(&dst);
                 p.set_next_header(ip_proto);
-                p.set_payload_len((end - ip - ipv6::HEADER_LEN) as u16);
+                p.set_payload_len((len - ip - ipv6::HEADER_LEN) as u16);
             }
             // Configuration validation keeps local and peer in one family.
             _ => {}
         }
-        let l3_end = if sa.encap.is_some() { esp_at - udp::HEADER_LEN } else { esp_at };
         let mut tx = TxChecksum {
             ipv6: m.outer_v6,
             l2_len: ethernet::HEADER_LEN as u8,
@@ -529,14 +535,13 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         };
         if !m.outer_v6 && offload.ipv4_header {
             // DPDK: the NIC fills a header checksum field left zero.
-            ipv4::Packet::new_unchecked(&mut raw[ip..end]).set_checksum(0);
+            ipv4::Packet::new_unchecked(&mut f[ip..]).set_checksum(0);
             tx.ipv4_header = true;
         }
         if sa.encap.is_some() {
             if let (IpAddr::V6(s), IpAddr::V6(d)) = (sa.local, peer) {
                 // IPv6 forbids a zero UDP checksum (RFC 8200 §8.1).
-                let u = esp_at - udp::HEADER_LEN;
-                let seg = &mut raw[u..end];
+                let seg = &mut f[l3_end..];
                 let pseudo = checksum::pseudo_v6(&s, &d, proto::UDP, seg.len() as u32);
                 let c = if offload.udp {
                     // DPDK: the NIC finishes from the pseudo-header sum (not inverted).
@@ -552,7 +557,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
         }
         let et = if m.outer_v6 { ethertype::IPV6 } else { ethertype::IPV4 };
-        raw[l2 + 12..l2 + 14].copy_from_slice(&et.to_be_bytes());
+        if let Some(eth) = f.first_chunk_mut::<{ ethernet::HEADER_LEN }>() {
+            eth[12..].copy_from_slice(&et.to_be_bytes());
+        }
         pkt.set_range(l2, end - l2);
         tx
     }

@@ -235,7 +235,8 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// the next needs: the first bucket of each lookup's chain (`bucket`); then, buckets
     /// now near, the record it names (`slot`) and this worker's cache entry for it; then
     /// the runtime state the stages read (lookup fields, key schedule, counters, and the
-    /// replay word of `seq`). Worth it only when SAs are many: a few stay in the caches.
+    /// replay word of `seq`). Worth it only when SAs are many (`looks_ahead`): a few stay
+    /// in the caches.
     fn look_ahead<K: Copy>(
         &self,
         keys: &[K],
@@ -243,9 +244,6 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         slot: impl Fn(K) -> Option<u32>,
         seq: impl Fn(K) -> Option<u64>,
     ) {
-        if self.by_spi.len() < LOOK_AHEAD_MIN_SAS {
-            return;
-        }
         let keys = &keys[..keys.len().min(LOOK_AHEAD_MAX)];
         for &k in keys {
             if let Some(b) = bucket(k) {
@@ -286,6 +284,11 @@ const LOOK_AHEAD_MIN_SAS: usize = 512;
 const RUNTIME_LINES: usize = 16;
 
 impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
+    #[inline]
+    fn looks_ahead(&self) -> bool {
+        self.by_spi.len() >= LOOK_AHEAD_MIN_SAS
+    }
+
     #[inline]
     fn look_ahead_inbound(&mut self, keys: &[(u32, u32)]) {
         let (r, s) = (self.reader, self.snap);

@@ -92,6 +92,7 @@ fn a_worker_loads_only_the_sas_it_owns() {
         assert_eq!(got, Err(DropReason::NotOwner));
     }
     assert_eq!(s0.loaded().count(), 1 + usize::from(out_owner == 0));
+    assert!(!s0.looks_ahead(), "a few SAs stay in the caches");
     assert_eq!(s0.counters.loads as usize, s0.loaded().count());
 }
 
@@ -292,6 +293,7 @@ fn looking_ahead_names_the_records_a_lookup_reads_and_changes_no_result() {
         }
     }
     assert!(named > n as usize, "hints named the looked-up record only {named} times of {}", 2 * n);
+    assert!(s.looks_ahead(), "{} SAs loaded", s.loaded().count());
     assert_eq!(r.first_slot(&snap, Direction::Inbound, 0x9999_9999), None);
     // Bursts of lookups with and without looking ahead, hostile keys among them.
     let mut absent = 0;

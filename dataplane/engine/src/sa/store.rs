@@ -20,6 +20,13 @@ pub trait SaStore<K: AeadKey> {
     /// exists (it may be updated later, by whoever owns it).
     fn follow_nat(&mut self, spi: u32, to: Endpoint) -> bool;
 
+    /// Whether `look_ahead_inbound` and `look_ahead_outbound` do anything now (if not,
+    /// the engine does not gather their arguments). The default: no.
+    #[inline]
+    fn looks_ahead(&self) -> bool {
+        false
+    }
+
     /// Get ready for the lookups of a burst: the (SPI, sequence number as received) of
     /// its inbound ESP packets, in order. A store whose SAs may be far from the CPU
     /// starts loading what `inbound` and the stages after it will read, so that the

@@ -61,13 +61,18 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 }
 
+/// Write a UDP header with a zero checksum.
+#[inline]
+pub fn emit_header(h: &mut [u8; HEADER_LEN], src_port: u16, dst_port: u16, len: u16) {
+    let w = (u64::from(src_port) << 48) | (u64::from(dst_port) << 32) | (u64::from(len) << 16);
+    *h = w.to_be_bytes();
+}
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn emit(&mut self, src_port: u16, dst_port: u16, len: u16) {
-        let b = self.buffer.as_mut();
-        put16(b, field::SRC_PORT, src_port);
-        put16(b, field::DST_PORT, dst_port);
-        put16(b, field::LENGTH, len);
-        put16(b, field::CHECKSUM, 0);
+        if let Some(h) = self.buffer.as_mut().first_chunk_mut::<HEADER_LEN>() {
+            emit_header(h, src_port, dst_port, len);
+        }
     }
 
     pub fn set_checksum(&mut self, c: u16) {
