@@ -175,7 +175,11 @@ class Lab:
         self.work = args.work
         shutil.rmtree(self.work, ignore_errors=True)
         os.makedirs(self.work)
-        mem = subprocess.run([os.path.join(ROOT, "scripts", "hugepages.sh")], capture_output=True, text=True).stdout.split()
+        # 3 GiB of 2 MiB pages: at 100,000 SAs two SA tables (the DUT's and the
+        # generator's), their dataplane segments and the mbufs of a 100,000-packet loop.
+        env = {**os.environ, "NATT_HUGEPAGES": os.environ.get("NATT_HUGEPAGES", "1536")}
+        mem = subprocess.run([os.path.join(ROOT, "scripts", "hugepages.sh")], capture_output=True, text=True,
+                             env=env).stdout.split()
         self.mem = mem if "--in-memory" in mem else ["--no-huge", "--no-shconf", "-m", "4096"]
         # The shared segments: on hugetlbfs where there are hugepages (fewer TLB misses
         # at 100,000 SAs), else in /dev/shm.
