@@ -265,7 +265,8 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         for (&s, &k) in slots.iter().zip(keys) {
             if let Some(Some(c)) = self.cache.get(s as usize) {
                 let rt = &c.entry.rt;
-                prefetch::lines(rt, RUNTIME_LINES);
+                // All of it but the rarely read tail (per-reason drops, lifetimes).
+                prefetch::lines(rt, SaRuntime::<B::Key>::HOT_LEN.div_ceil(prefetch::LINE));
                 if let Some(w) = seq(k).and_then(|q| rt.replay.word(q)) {
                     prefetch::line(w);
                 }
@@ -279,9 +280,6 @@ const LOOK_AHEAD_MAX: usize = 64;
 /// Look ahead only with at least this many SAs loaded: fewer stay in the caches (their
 /// state is about 1.3 KiB each), where looking ahead would cost more than it saves.
 const LOOK_AHEAD_MIN_SAS: usize = 512;
-/// Lines of an SA's runtime state worth loading ahead: all of it but the rarely read
-/// tail (per-reason drop counters).
-const RUNTIME_LINES: usize = 16;
 
 impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
     #[inline]

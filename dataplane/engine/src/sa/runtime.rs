@@ -26,8 +26,9 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// Monotonic per-SA counters.
+/// Monotonic per-SA counters. `repr(C)`: the two every packet updates come first.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct SaStats {
     /// Packets and inner bytes that passed (decapsulated or encapsulated).
     pub packets: u64,
@@ -49,8 +50,11 @@ impl SaStats {
     }
 }
 
-/// Hot per-SA state. Fields read on every packet come first.
-#[repr(align(64))]
+/// Hot per-SA state. `repr(C)`, in the order packets need it: what every packet reads
+/// (flags, addresses, counters, replay window, selectors, key schedule, the packet and
+/// byte counts), then what is rarely read (per-reason drop counts, configured
+/// lifetimes), so that looking ahead loads a prefix of it.
+#[repr(C, align(64))]
 pub struct SaRuntime<K> {
     pub spi: u32,
     pub salt: [u8; 4],
@@ -77,8 +81,6 @@ pub struct SaRuntime<K> {
     pub key_fp: u64,
     /// Inbound: anti-replay window and ESN state.
     pub replay: ReplayWindow,
-    /// Fixed at construction: `next_limit_*` are derived from it.
-    pub(crate) lifetime: Lifetime,
     /// Lifetime accounting need not look closer until `stats.packets` or `stats.bytes`
     /// reaches these (the nearest soft or hard limit not yet acted on; `u64::MAX`: none).
     pub(crate) next_limit_packets: u64,
@@ -87,8 +89,10 @@ pub struct SaRuntime<K> {
     /// Tunnel-mode traffic selectors, ready for per-packet checks.
     pub sel_local: SelectorSet,
     pub sel_peer: SelectorSet,
-    pub stats: SaStats,
     pub key: K,
+    pub stats: SaStats,
+    /// Fixed at construction: `next_limit_*` are derived from it.
+    pub(crate) lifetime: Lifetime,
 }
 
 impl<K: AeadKey> SaRuntime<K> {
@@ -171,6 +175,10 @@ impl<K: AeadKey> SaRuntime<K> {
 }
 
 impl<K> SaRuntime<K> {
+    /// Bytes from the start that packets read: up to and including the packet and byte
+    /// counts (see the field order).
+    pub const HOT_LEN: usize = core::mem::offset_of!(Self, stats) + 16;
+
     /// Recompute where lifetime accounting must next look: the soft limits until they
     /// fired, the hard limits until the SA expired.
     pub(crate) fn update_next_limits(&mut self) {
@@ -194,5 +202,29 @@ impl<K> fmt::Debug for SaRuntime<K> {
             .field("seq", &self.seq)
             .field("expired", &self.expired)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::ring_backend::RingKey;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn what_packets_read_is_a_prefix() {
+        type Rt = SaRuntime<RingKey>;
+        let hot = Rt::HOT_LEN;
+        for (what, end) in [
+            ("key schedule", offset_of!(Rt, key) + size_of::<RingKey>()),
+            ("replay window", offset_of!(Rt, replay) + size_of::<ReplayWindow>()),
+            ("selectors", offset_of!(Rt, sel_peer) + size_of::<SelectorSet>()),
+            ("endpoint", offset_of!(Rt, endpoint) + size_of::<Endpoint>()),
+            ("lifetime thresholds", offset_of!(Rt, next_limit_bytes) + 8),
+        ] {
+            assert!(end <= hot, "{what} ends at {end}, past the hot prefix ({hot})");
+        }
+        assert!(offset_of!(Rt, lifetime) >= hot, "configured lifetimes are cold");
+        assert!(hot <= size_of::<Rt>());
     }
 }
