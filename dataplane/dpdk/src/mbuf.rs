@@ -130,9 +130,9 @@ impl Mbuf {
     /// port verifies it: RX offload `IPV4_CKSUM`).
     #[inline]
     pub fn rx_ip_checksum(&self) -> RxChecksum {
-        match self.m().ol_flags & u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_MASK) {
-            f if f == u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_GOOD) => RxChecksum::Good,
-            f if f == u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_BAD) => RxChecksum::Bad,
+        match self.m().ol_flags & RX_IP_CKSUM_MASK {
+            RX_IP_CKSUM_GOOD => RxChecksum::Good,
+            RX_IP_CKSUM_BAD => RxChecksum::Bad,
             _ => RxChecksum::Unknown,
         }
     }
@@ -254,10 +254,10 @@ impl Mbuf {
             seg = s.next;
         }
         let port = self.port();
-        if !out.set_frame(head, at - head) {
+        if !out.0.set_frame(head, at - head) {
             return Err(self);
         }
-        out.m_mut().port = port;
+        out.0.m_mut().port = port;
         Ok(out)
     }
 }
@@ -276,10 +276,18 @@ impl Drop for Mbuf {
 #[repr(transparent)]
 pub struct PlainMbuf(Mbuf);
 
+/// No `DerefMut` to `Mbuf`: through a `&mut Mbuf` the inner mbuf could be swapped for one
+/// that is not plain. What may change through `&mut` is forwarded here, one by one.
 impl PlainMbuf {
     #[inline]
     pub fn into_mbuf(self) -> Mbuf {
         self.0
+    }
+
+    /// See `Mbuf::set_tx_checksum`.
+    #[inline]
+    pub fn set_tx_checksum(&mut self, c: &TxChecksum) {
+        self.0.set_tx_checksum(c);
     }
 }
 
@@ -291,13 +299,6 @@ impl std::ops::Deref for PlainMbuf {
     }
 }
 
-impl std::ops::DerefMut for PlainMbuf {
-    /// `Mbuf`'s methods cannot make an mbuf unplain: none chains, attaches or shares it.
-    #[inline]
-    fn deref_mut(&mut self) -> &mut Mbuf {
-        &mut self.0
-    }
-}
 
 const RX_IP_CKSUM_MASK: u64 = dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_MASK as u64;
 const RX_IP_CKSUM_GOOD: u64 = dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_GOOD as u64;
@@ -314,7 +315,7 @@ impl Frame for PlainMbuf {
 
     #[inline]
     fn raw_mut(&mut self) -> &mut [u8] {
-        let m = self.m_mut();
+        let m = self.0.m_mut();
         // SAFETY: as in `raw`; nothing else references the buffer (refcnt 1, not indirect
         // or external) and the slice borrows self mutably.
         unsafe { std::slice::from_raw_parts_mut(m.buf_addr.cast::<u8>(), usize::from(m.buf_len)) }
@@ -332,7 +333,7 @@ impl Frame for PlainMbuf {
 
     #[inline]
     fn set_range(&mut self, head: usize, len: usize) -> bool {
-        self.set_frame(head, len)
+        self.0.set_frame(head, len)
     }
 
     #[inline]
@@ -347,7 +348,7 @@ impl Frame for PlainMbuf {
             RxChecksum::Bad => RX_IP_CKSUM_BAD,
             RxChecksum::Unknown => 0,
         };
-        let m = self.m_mut();
+        let m = self.0.m_mut();
         m.ol_flags = (m.ol_flags & !RX_IP_CKSUM_MASK) | bits;
     }
 }
