@@ -14,6 +14,14 @@ fn entry(tag: u32, slot: u32) -> u64 {
     u64::from(tag) << 32 | (u64::from(slot) + 1)
 }
 
+/// The slot a bucket's value `e` names if it is an entry tagged `tag` (not empty, not a
+/// tombstone).
+#[inline]
+pub fn slot_named(e: u64, tag: u32) -> Option<u32> {
+    let low = e as u32;
+    (e != EMPTY && (e >> 32) as u32 == tag && low != TOMB).then(|| low - 1)
+}
+
 /// One table: a power-of-two slice of buckets.
 #[derive(Clone, Copy)]
 pub struct Table<'a> {
@@ -50,11 +58,8 @@ impl<'a> Table<'a> {
             if e == EMPTY {
                 return None;
             }
-            let low = e as u32;
-            if (e >> 32) as u32 == tag && low != TOMB {
-                if let Some(t) = f(low - 1) {
-                    return Some(t);
-                }
+            if let Some(t) = slot_named(e, tag).and_then(&mut f) {
+                return Some(t);
             }
             i = (i + 1) & self.mask;
         }
@@ -152,6 +157,18 @@ mod tests {
         assert_eq!(t.insert(3, 9, 5), Ok(1));
         assert!(t.contains(3, 9, 5));
         assert_eq!(t.find(3, 7, |s| (s == 2).then_some(s)), Some(2));
+    }
+
+    #[test]
+    fn a_bucket_names_a_slot_only_for_its_tag() {
+        let v = table(4);
+        let t = Table::new(&v).unwrap();
+        t.insert(1, 7, 5).unwrap();
+        assert_eq!(slot_named(t.first(1).load(Acquire), 7), Some(5));
+        assert_eq!(slot_named(t.first(1).load(Acquire), 8), None);
+        assert!(t.remove(1, 7, 5));
+        assert_eq!(slot_named(t.first(1).load(Acquire), 7), None, "a tombstone names nothing");
+        assert_eq!(slot_named(EMPTY, 0), None, "an empty bucket names nothing, even for tag 0");
     }
 
     #[test]

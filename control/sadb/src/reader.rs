@@ -95,24 +95,16 @@ impl Reader {
         })
     }
 
-    /// Where a lookup of `spi` starts: its first bucket. For looking ahead across a
-    /// burst (prefetch it; `first_slot` then finds its record without waiting for memory).
+    /// Where a lookup of `spi` starts: its first bucket, and the tag an entry for it has
+    /// there. For looking ahead across a burst: prefetch the bucket, then
+    /// `index::slot_named` of its value is most likely the record the lookup will read.
     #[inline]
-    pub fn spi_bucket(&self, s: &Snapshot, dir: Direction, spi: u32) -> &AtomicU64 {
-        self.db.spi_table(dir, Self::which(s, TableId::spi(dir))).first(spi_hash(self.db.seed, spi))
+    pub fn spi_bucket(&self, s: &Snapshot, dir: Direction, spi: u32) -> (&AtomicU64, u32) {
+        (self.db.spi_table(dir, Self::which(s, TableId::spi(dir))).first(spi_hash(self.db.seed, spi)), spi)
     }
 
-    /// The slot the first bucket of `spi`'s chain names if its tag matches: most likely
-    /// the record a lookup will read, for looking ahead. Not validated: only a hint.
-    #[inline]
-    pub fn first_slot(&self, s: &Snapshot, dir: Direction, spi: u32) -> Option<u32> {
-        let e = self.spi_bucket(s, dir, spi).load(Relaxed);
-        let low = e as u32;
-        ((e >> 32) as u32 == spi && low != TOMB && low != 0).then(|| low - 1)
-    }
-
-    /// Where an outbound lookup of `dst` most likely ends: the first bucket of its chain at
-    /// the longest prefix length present, and the tag it would match. For looking ahead.
+    /// The same for an outbound lookup of `dst`, at the longest prefix length present
+    /// (most SAs select single client addresses); `None` if no length is.
     #[inline]
     pub fn lpm_bucket(&self, s: &Snapshot, dst: &IpAddr) -> Option<(&AtomicU64, u32)> {
         let len = match dst {
@@ -129,15 +121,6 @@ impl Reader {
         };
         let h = LpmKey::masked(dst, len as u8).hash(self.db.seed);
         Some((self.db.lpm_table(Self::which(s, TableId::Lpm)).first(h), (h >> 32) as u32))
-    }
-
-    /// The slot that bucket names if its tag matches: a hint, not validated.
-    #[inline]
-    pub fn lpm_first_slot(&self, s: &Snapshot, dst: &IpAddr) -> Option<u32> {
-        let (b, tag) = self.lpm_bucket(s, dst)?;
-        let e = b.load(Relaxed);
-        let low = e as u32;
-        ((e >> 32) as u32 == tag && low != TOMB && low != 0).then(|| low - 1)
     }
 
     /// The inbound SA with this SPI.

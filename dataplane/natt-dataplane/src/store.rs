@@ -18,10 +18,12 @@ use natt_engine::reason::DropReason;
 use natt_engine::sa::{Direction, Endpoint, SaEntry, SaRuntime, SaStore};
 use natt_sadb::Reader;
 use natt_sadb::dp::Reservations;
+use natt_sadb::index::slot_named;
 use natt_sadb::reader::{Found, Snapshot};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// A NAT endpoint change for an outbound SA another worker owns.
 pub type NatUpdate = (u32, Endpoint);
@@ -232,27 +234,28 @@ fn hint_index(dst: &IpAddr) -> usize {
 
 impl<'a, B: Backend> ShmStore<'a, B> {
     /// Look ahead for the lookups of a burst, in three passes, each starting the loads
-    /// the next needs: the first bucket of each lookup's chain (`bucket`); then, buckets
-    /// now near, the record it names (`slot`) and this worker's cache entry for it; then
-    /// the runtime state the stages read (lookup fields, key schedule, counters, and the
-    /// replay word of `seq`). Worth it only when SAs are many (`looks_ahead`): a few stay
-    /// in the caches.
+    /// the next needs: the first bucket of each lookup's chain (`bucket`: it and the tag
+    /// to match there); then, buckets now near, the record the bucket names and this
+    /// worker's cache entry for it; then the runtime state the stages read (lookup
+    /// fields, key schedule, counters, and the replay word of `seq`). Worth it only when
+    /// SAs are many (`looks_ahead`): a few stay in the caches.
     fn look_ahead<K: Copy>(
         &self,
         keys: &[K],
-        bucket: impl Fn(K) -> Option<&'a AtomicU64>,
-        slot: impl Fn(K) -> Option<u32>,
+        bucket: impl Fn(K) -> Option<(&'a AtomicU64, u32)>,
         seq: impl Fn(K) -> Option<u64>,
     ) {
         let keys = &keys[..keys.len().min(LOOK_AHEAD_MAX)];
-        for &k in keys {
-            if let Some(b) = bucket(k) {
-                prefetch::line(b);
+        let mut buckets = [None; LOOK_AHEAD_MAX];
+        for (b, &k) in buckets.iter_mut().zip(keys) {
+            *b = bucket(k);
+            if let Some((b, _)) = b {
+                prefetch::line(*b);
             }
         }
         let mut slots = [u32::MAX; LOOK_AHEAD_MAX];
-        for (s, &k) in slots.iter_mut().zip(keys) {
-            if let Some(x) = slot(k) {
+        for (s, b) in slots.iter_mut().zip(&buckets[..keys.len()]) {
+            if let Some(x) = b.and_then(|(b, tag)| slot_named(b.load(Relaxed), tag)) {
                 *s = x;
                 if let Some(r) = self.reader.db().record(x) {
                     prefetch::line(r);
@@ -293,7 +296,6 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
         self.look_ahead(
             keys,
             |(spi, _)| Some(r.spi_bucket(&s, Direction::Inbound, spi)),
-            |(spi, _)| r.first_slot(&s, Direction::Inbound, spi),
             |(_, seq)| Some(u64::from(seq)),
         );
     }
@@ -301,7 +303,7 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
     #[inline]
     fn look_ahead_outbound(&mut self, dsts: &[IpAddr]) {
         let (r, s) = (self.reader, self.snap);
-        self.look_ahead(dsts, |d| r.lpm_bucket(&s, &d).map(|b| b.0), |d| r.lpm_first_slot(&s, &d), |_| None);
+        self.look_ahead(dsts, |d| r.lpm_bucket(&s, &d), |_| None);
     }
 
     #[inline]

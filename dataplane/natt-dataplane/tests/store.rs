@@ -11,11 +11,13 @@ use natt_engine::crypto::Ring;
 use natt_engine::sa::config::parse_sa;
 use natt_engine::sa::{Direction, Endpoint, SaParams, SaStore};
 use natt_sadb::dp::DpSegment;
+use natt_sadb::index::slot_named;
 use natt_sadb::layout::DpLayout;
 use natt_sadb::{Reader, Writer};
 use serde_json::json;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 
 struct Tmp(PathBuf);
 
@@ -282,19 +284,21 @@ fn looking_ahead_names_the_records_a_lookup_reads_and_changes_no_result() {
     for i in 0..n {
         let (spi, out) = (0x10000 + i, 0x20000 + i);
         let slot = s.inbound(spi).unwrap();
-        if let Some(hint) = r.first_slot(&snap, Direction::Inbound, spi) {
+        let (b, tag) = r.spi_bucket(&snap, Direction::Inbound, spi);
+        if let Some(hint) = slot_named(b.load(Relaxed), tag) {
             named += usize::from(hint == slot);
         }
         let oslot = s.outbound(&dst(out)).unwrap();
         assert_eq!(s.entry(oslot).unwrap().rt.spi, out);
-        assert!(r.lpm_bucket(&snap, &dst(out)).is_some());
-        if let Some(hint) = r.lpm_first_slot(&snap, &dst(out)) {
+        let (b, tag) = r.lpm_bucket(&snap, &dst(out)).unwrap();
+        if let Some(hint) = slot_named(b.load(Relaxed), tag) {
             named += usize::from(hint == oslot);
         }
     }
     assert!(named > n as usize, "hints named the looked-up record only {named} times of {}", 2 * n);
     assert!(s.looks_ahead(), "{} SAs loaded", s.loaded().count());
-    assert_eq!(r.first_slot(&snap, Direction::Inbound, 0x9999_9999), None);
+    let (b, tag) = r.spi_bucket(&snap, Direction::Inbound, 0x9999_9999);
+    assert_eq!(slot_named(b.load(Relaxed), tag), None);
     // Bursts of lookups with and without looking ahead, hostile keys among them.
     let mut absent = 0;
     for burst in 0..40u32 {
