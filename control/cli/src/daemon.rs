@@ -138,9 +138,9 @@ pub fn run(mut w: Writer, opts: Options) -> Result<(), String> {
             let r = d.reservations();
             let (used, room) = r.occupancy();
             if used > room / 2 {
-                let n = r.sweep(|spi| w.is_installed(natt_engine::sa::Direction::Outbound, spi));
+                let n = r.sweep(|key_fp| w.holds_key(key_fp));
                 eprintln!(
-                    "natt-control: forgot the sequence-number reservations of {n} removed outbound SAs ({used} of {room} in use)"
+                    "natt-control: forgot the sequence-number reservations of {n} keys no installed SA holds ({used} of {room} in use)"
                 );
             }
         }

@@ -451,61 +451,83 @@ fn decode_event(s: &EventSlot) -> Option<(Event, u64)> {
     Some((Event { spi: w[1] as u32, direction, kind }, w[7]))
 }
 
-const RESV_USED: u64 = 1;
+const RESV_EMPTY: u64 = 0;
 const RESV_TOMB: u64 = 2;
 
-/// The sequence-number reservations: per outbound SPI, the key it is for and the
-/// highest number that may have been used.
+/// The identity word of a key's entry: its fingerprint, except that the two values
+/// meaning empty and forgotten become their neighbours. Keys whose fingerprints collide
+/// share an entry, which errs on the safe side: both resume above the higher.
+fn resv_id(key_fp: u64) -> u64 {
+    match key_fp {
+        RESV_EMPTY | RESV_TOMB => key_fp | 1,
+        _ => key_fp,
+    }
+}
+
+fn resv_used(k: u64) -> bool {
+    k != RESV_EMPTY && k != RESV_TOMB
+}
+
+/// The sequence-number reservations: per key (fingerprint of key and salt, which is what
+/// a nonce is unique under), the highest sequence number that may have been used, and
+/// the last SPI that used it. Keyed by key rather than SPI, so a key installed again
+/// under another SPI resumes above its earlier use.
 pub struct Reservations<'a> {
     b: &'a [ResvEntry],
 }
 
 impl Reservations<'_> {
-    fn start(&self, spi: u32) -> usize {
-        spi_hash(0x5e9_5e9, spi) as usize & (self.b.len() - 1)
+    fn start(&self, key_fp: u64) -> usize {
+        // The fingerprint is already a hash (truncated SHA-256).
+        key_fp as usize & (self.b.len() - 1)
     }
 
-    fn find(&self, spi: u32) -> Option<&ResvEntry> {
-        let want = u64::from(spi) << 32 | RESV_USED;
-        let mut i = self.start(spi);
-        for _ in 0..MAX_PROBE.min(self.b.len()) {
-            let k = self.b[i].key.load(Acquire);
-            if k == 0 {
-                return None;
-            }
-            if k == want {
-                return Some(&self.b[i]);
-            }
-            i = (i + 1) & (self.b.len() - 1);
-        }
-        None
+    /// The entries for this key along its probe sequence. Normally one; two workers
+    /// claiming at the same instant could make a second, so readers take the highest.
+    fn matching(&self, key_fp: u64) -> impl Iterator<Item = &ResvEntry> {
+        let want = resv_id(key_fp);
+        let mask = self.b.len() - 1;
+        let start = self.start(key_fp);
+        (0..MAX_PROBE.min(self.b.len()))
+            .map(move |n| &self.b[(start + n) & mask])
+            .take_while(|e| e.key.load(Acquire) != RESV_EMPTY)
+            .filter(move |e| e.key.load(Acquire) == want)
     }
 
-    /// The highest number that may have been used under this SPI and key.
-    pub fn get(&self, spi: u32, key_fp: u64) -> Option<u64> {
-        let e = self.find(spi)?;
-        (e.key_fp.load(Acquire) == key_fp).then(|| e.reserved.load(Acquire))
+    /// The highest number that may have been used under this key, whatever the SPI.
+    pub fn get(&self, key_fp: u64) -> Option<u64> {
+        self.matching(key_fp).map(|e| e.reserved.load(Acquire)).max()
     }
 
-    /// Record that numbers up to `up_to` may be used under this SPI and key. The key is
-    /// recorded before the number, so a crash in between errs on the safe side. Returns
-    /// false if the table has no room.
+    /// Record that numbers up to `up_to` may be used under this key (by SA `spi`). The
+    /// entry is claimed before the number is written, so a crash in between errs on the
+    /// safe side. Returns false if the table has no room.
     pub fn reserve(&self, spi: u32, key_fp: u64, up_to: u64) -> bool {
-        let e = match self.find(spi) {
+        let want = resv_id(key_fp);
+        let e = match self.matching(key_fp).next() {
             Some(e) => e,
             None => {
-                let want = u64::from(spi) << 32 | RESV_USED;
-                let mut i = self.start(spi);
+                let mask = self.b.len() - 1;
+                let mut i = self.start(key_fp);
                 let mut got = None;
                 for _ in 0..MAX_PROBE.min(self.b.len()) {
                     let k = self.b[i].key.load(Acquire);
-                    if (k == 0 || k == RESV_TOMB) && self.b[i].key.compare_exchange(k, want, SeqCst, Relaxed).is_ok() {
-                        self.b[i].key_fp.store(key_fp, Release);
-                        self.b[i].reserved.store(0, Release);
+                    let claimed = k == want
+                        || (!resv_used(k)
+                            && match self.b[i].key.compare_exchange(k, want, SeqCst, Acquire) {
+                                Ok(_) => {
+                                    self.b[i].key_fp.store(key_fp, SeqCst);
+                                    self.b[i].reserved.store(0, SeqCst);
+                                    true
+                                }
+                                // Another worker claimed it first, perhaps for this key.
+                                Err(now) => now == want,
+                            });
+                    if claimed {
                         got = Some(&self.b[i]);
                         break;
                     }
-                    i = (i + 1) & (self.b.len() - 1);
+                    i = (i + 1) & mask;
                 }
                 match got {
                     Some(e) => e,
@@ -513,40 +535,37 @@ impl Reservations<'_> {
                 }
             }
         };
-        if e.key_fp.load(Acquire) != key_fp {
-            e.key_fp.store(key_fp, Release);
-        }
+        e.spi.store(u64::from(spi), Release);
         e.reserved.fetch_max(up_to, SeqCst);
         true
     }
 
-    /// Forget an SPI's reservation (its SA has long been gone).
-    pub fn forget(&self, spi: u32) -> bool {
-        match self.find(spi) {
-            Some(e) => {
-                e.key.store(RESV_TOMB, Release);
-                true
-            }
-            None => false,
+    /// Forget a key's reservation (no SA has used it for long).
+    pub fn forget(&self, key_fp: u64) -> bool {
+        let mut any = false;
+        for e in self.matching(key_fp) {
+            e.key.store(RESV_TOMB, Release);
+            any = true;
         }
+        any
     }
 
-    /// How many SPIs have a reservation, and how many could.
+    /// How many keys have a reservation, and how many could.
     pub fn occupancy(&self) -> (usize, usize) {
-        let used = self.b.iter().filter(|e| e.key.load(Relaxed) & RESV_USED != 0).count();
+        let used = self.b.iter().filter(|e| resv_used(e.key.load(Relaxed))).count();
         (used, self.b.len())
     }
 
-    /// Forget the reservations of every SPI `keep` refuses (SAs no longer installed), so
-    /// that a headend rekeying all day never runs out of room. Returns how many were
-    /// forgotten. A worker still sending on such an SPI records it again at its next
-    /// block. What is lost: a removed key installed again later under the same SPI starts
-    /// from its configured sequence number (see the README's nonce-safety note).
-    pub fn sweep(&self, keep: impl Fn(u32) -> bool) -> usize {
+    /// Forget the reservations of every key `keep` refuses (keys no installed SA holds),
+    /// so that a headend rekeying all day never runs out of room. Returns how many were
+    /// forgotten. A worker still sending under such a key records it again at its next
+    /// block. What is lost: a removed key installed again after this sweep starts from its
+    /// configured sequence number (see the README's nonce-safety note).
+    pub fn sweep(&self, keep: impl Fn(u64) -> bool) -> usize {
         let mut n = 0;
         for e in self.b {
             let k = e.key.load(Acquire);
-            if k & RESV_USED == 0 || keep((k >> 32) as u32) {
+            if !resv_used(k) || keep(e.key_fp.load(Acquire)) {
                 continue;
             }
             if e.key.compare_exchange(k, RESV_TOMB, SeqCst, Relaxed).is_ok() {
@@ -556,12 +575,12 @@ impl Reservations<'_> {
         n
     }
 
-    /// Every recorded reservation: (SPI, key fingerprint, highest reserved).
+    /// Every recorded reservation: (last SPI, key fingerprint, highest reserved).
     pub fn entries(&self) -> Vec<(u32, u64, u64)> {
         self.b
             .iter()
-            .filter(|e| e.key.load(Acquire) & 0xffff_ffff == RESV_USED)
-            .map(|e| ((e.key.load(Acquire) >> 32) as u32, e.key_fp.load(Acquire), e.reserved.load(Acquire)))
+            .filter(|e| resv_used(e.key.load(Acquire)))
+            .map(|e| (e.spi.load(Acquire) as u32, e.key_fp.load(Acquire), e.reserved.load(Acquire)))
             .collect()
     }
 }
@@ -644,50 +663,84 @@ mod tests {
         let d = tmp("sweep");
         let seg = DpSegment::open_or_create(&d, "s", DpLayout::new(1, 8, 64).unwrap(), 1).unwrap();
         let r = seg.reservations();
-        for spi in 0x1000..0x1020u32 {
-            assert!(r.reserve(spi, u64::from(spi) * 3, 65536));
+        let fp = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for i in 0..32u64 {
+            assert!(r.reserve(0x1000 + i as u32, fp(i), 65536));
         }
         assert_eq!(r.occupancy(), (32, 64));
-        assert_eq!(r.sweep(|spi| spi % 2 == 0), 16);
+        assert_eq!(r.sweep(|k| (0..32).any(|i| i % 2 == 0 && fp(i) == k)), 16);
         assert_eq!(r.occupancy(), (16, 64));
-        for spi in 0x1000..0x1020u32 {
-            let want = (spi % 2 == 0).then_some(65536);
-            assert_eq!(r.get(spi, u64::from(spi) * 3), want, "spi {spi:x}");
+        for i in 0..32u64 {
+            let want = (i % 2 == 0).then_some(65536);
+            assert_eq!(r.get(fp(i)), want, "key {i}");
         }
-        // Room again: 48 new SPIs fit where 32 did before.
-        for spi in 0x2000..0x2030u32 {
-            assert!(r.reserve(spi, 1, 7), "spi {spi:x}");
+        // Room again: 48 new keys fit where 32 did before.
+        for i in 100..148u64 {
+            assert!(r.reserve(7, fp(i), 7), "key {i}");
         }
         assert_eq!(r.occupancy(), (64, 64));
         assert_eq!(r.sweep(|_| true), 0);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
-    fn reservations_survive_reattachment_and_tell_keys_apart() {
+    fn reservations_survive_reattachment_and_follow_the_key_not_the_spi() {
         let d = tmp("resv");
         let layout = DpLayout::new(1, 8, 64).unwrap();
+        // Fingerprints that all start probing at the same bucket.
+        let fp = |i: u64| i << 40 | 0x10;
         {
             let seg = DpSegment::open_or_create(&d, "t", layout, 1).unwrap();
             let r = seg.reservations();
-            assert_eq!(r.get(0x2001, 11), None);
-            assert!(r.reserve(0x2001, 11, 65536));
-            assert!(r.reserve(0x2001, 11, 1000), "never lowers");
-            assert_eq!(r.get(0x2001, 11), Some(65536));
-            assert_eq!(r.get(0x2001, 12), None, "another key starts over");
-            for spi in 0x3000..0x3000 + 63 {
-                assert!(r.reserve(spi, 1, 1));
+            assert_eq!(r.get(fp(1)), None);
+            assert!(r.reserve(0x2001, fp(1), 65536));
+            assert!(r.reserve(0x2001, fp(1), 1000), "never lowers");
+            assert_eq!(r.get(fp(1)), Some(65536));
+            assert_eq!(r.get(fp(2)), None, "another key starts over");
+            // The same key under another SPI (removed, then installed again): one entry,
+            // and the count goes on from the highest.
+            assert!(r.reserve(0x3001, fp(1), 131072));
+            assert_eq!(r.get(fp(1)), Some(131072));
+            assert_eq!(r.entries(), vec![(0x3001, fp(1), 131072)]);
+            // A new key under the old SPI has its own entry; the old key keeps its own.
+            assert!(r.reserve(0x2001, fp(2), 5));
+            assert_eq!((r.get(fp(1)), r.get(fp(2))), (Some(131072), Some(5)));
+            for i in 3..65 {
+                assert!(r.reserve(0x4000, fp(i), 1), "key {i}");
             }
-            assert!(!r.reserve(0x9999, 1, 1), "full");
-            assert!(r.forget(0x3000));
-            assert!(r.reserve(0x9999, 1, 7), "a forgotten entry is reused");
+            assert!(!r.reserve(0x9999, fp(99), 1), "full");
+            assert!(r.forget(fp(3)));
+            assert!(!r.forget(fp(3)), "already forgotten");
+            assert_eq!(r.get(fp(3)), None);
+            assert!(r.reserve(0x9999, fp(99), 7), "a forgotten entry is reused");
+            assert_eq!(r.get(fp(64)), Some(1), "found past the reused entry");
         }
         let seg = DpSegment::open_or_create(&d, "t", layout, 1).unwrap();
-        assert_eq!(seg.reservations().get(0x2001, 11), Some(65536));
-        assert_eq!(seg.reservations().get(0x9999, 1), Some(7));
+        assert_eq!(seg.reservations().get(fp(1)), Some(131072));
+        assert_eq!(seg.reservations().get(fp(99)), Some(7));
         assert!(
             DpSegment::open_or_create(&d, "t", DpLayout::new(2, 8, 64).unwrap(), 1).is_err(),
             "another shape is refused"
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_key_claimed_twice_reads_as_its_highest() {
+        let d = tmp("dup");
+        let seg = DpSegment::open_or_create(&d, "t", DpLayout::new(1, 8, 64).unwrap(), 1).unwrap();
+        let r = seg.reservations();
+        let fp = 0x77u64 << 1;
+        assert!(r.reserve(1, fp, 10));
+        // Two workers racing to claim the same key could each take an entry: make the
+        // second by hand, further along the probe sequence.
+        let at = r.start(fp) + 1;
+        r.b[at].key.store(resv_id(fp), SeqCst);
+        r.b[at].key_fp.store(fp, SeqCst);
+        r.b[at].reserved.store(500, SeqCst);
+        assert_eq!(r.get(fp), Some(500));
+        assert!(r.forget(fp));
+        assert_eq!(r.get(fp), None, "both forgotten");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

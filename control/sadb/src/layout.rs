@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const SADB_MAGIC: u64 = u64::from_be_bytes(*b"NATTSADB");
 pub const DP_MAGIC: u64 = u64::from_be_bytes(*b"NATTDPSG");
 /// Bumped on any change to either layout.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Offset of `SaRecord::key_len` (tests corrupt it on purpose).
 pub const KEY_LEN_OFFSET: usize = 64 + 44;
@@ -194,14 +194,15 @@ pub struct EventSlot {
     pub w: [AtomicU64; 8],
 }
 
-/// A sequence-number reservation: `key` is `spi << 32 | 1` once used; `key_fp`
-/// identifies the key; numbers up to `reserved` may have been used.
+/// A sequence-number reservation of one key: `key` is 0 (empty), 2 (forgotten) or the
+/// key's fingerprint (0 and 2 stand in as 1 and 3), `key_fp` the whole fingerprint; numbers up
+/// to `reserved` may have been used, last by SA `spi`.
 #[repr(C, align(32))]
 pub struct ResvEntry {
     pub key: AtomicU64,
     pub key_fp: AtomicU64,
     pub reserved: AtomicU64,
-    pub _pad: AtomicU64,
+    pub spi: AtomicU64,
 }
 
 /// Ports the dataplane describes in its segment.

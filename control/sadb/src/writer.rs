@@ -402,6 +402,12 @@ impl Writer {
         self.visible.contains_key(&(direction, spi))
     }
 
+    /// Whether a visible SA holds the key with this fingerprint
+    /// (`natt_engine::crypto::key_fingerprint` of key and salt).
+    pub fn holds_key(&self, key_fp: u64) -> bool {
+        self.keys.contains_key(&key_fp)
+    }
+
     /// One installed SA.
     pub fn get(&self, direction: Direction, spi: u32) -> Option<Installed> {
         let &slot = self.visible.get(&(direction, spi))?;

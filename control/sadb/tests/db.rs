@@ -182,6 +182,15 @@ fn no_two_installed_sas_share_a_key() {
     again.key = twin.key.clone();
     again.salt = twin.salt;
     assert!(matches!(b.add(&again).unwrap_err(), WriteError::KeyReused { .. }));
+    drop(b);
+    // What the daemon's reservation sweep keeps: keys an installed SA holds.
+    let fp = |p: &natt_engine::sa::SaParams| natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt);
+    assert!(w.holds_key(fp(&twin)));
+    assert!(!w.holds_key(fp(&inbound(1, 1))), "never installed");
+    let mut b = w.batch();
+    b.remove(Direction::Inbound, twin.spi).unwrap();
+    b.commit().unwrap();
+    assert!(!w.holds_key(fp(&twin)), "removed");
 }
 
 #[test]

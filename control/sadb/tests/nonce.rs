@@ -53,7 +53,7 @@ fn child_dataplane() {
     let spi = p.spi;
     let mut e: Engine = Engine::with_sas(EngineConfig::default(), [p]).unwrap();
     let fp = e.sa(Direction::Outbound, spi).unwrap().rt.key_fp;
-    if let Some(floor) = dp.reservations().get(spi, fp) {
+    if let Some(floor) = dp.reservations().get(fp) {
         e.resume_above(Direction::Outbound, spi, floor);
     }
     let mut host = ShmHost { resv: dp.reservations() };
@@ -79,7 +79,6 @@ fn restarts_resume_above_every_number_possibly_used() {
     let mut b = w.batch();
     b.add(&outbound(1, 0)).unwrap();
     b.commit().unwrap();
-    let spi = outbound(1, 0).spi;
     let fp = {
         let p = outbound(1, 0);
         natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt)
@@ -115,7 +114,7 @@ fn restarts_resume_above_every_number_possibly_used() {
         rustix::process::kill_process(rustix::process::Pid::from_child(&c), rustix::process::Signal::KILL).unwrap();
         c.wait().unwrap();
         let dp = DpSegment::attach(&d.0, "t").unwrap();
-        let reserved = dp.reservations().get(spi, fp).expect("a reservation was recorded");
+        let reserved = dp.reservations().get(fp).expect("a reservation was recorded");
         assert!(reserved >= first, "round {round}");
         previous = Some(reserved);
     }

@@ -192,7 +192,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         // Without live state to carry (the first load since this process started), the
         // reservations say how far an earlier run may have got.
         if dir == Direction::Outbound && !carried {
-            if let Some(floor) = self.resv.get(p.spi, rt.key_fp) {
+            if let Some(floor) = self.resv.get(rt.key_fp) {
                 rt.resume_above(floor);
             }
         }

@@ -42,9 +42,13 @@ fn key(spi: u32, v: u8) -> String {
 }
 
 fn sa(spi: u32, dir: &str, v: u8, ttl: u8) -> SaParams {
+    sa_keyed(spi, dir, key(spi, v), ttl)
+}
+
+fn sa_keyed(spi: u32, dir: &str, key: String, ttl: u8) -> SaParams {
     let mut j = json!({
         "name": format!("{dir}-{spi:x}"), "spi": spi, "direction": dir, "algorithm": "aes128-gcm",
-        "key": key(spi, v), "local": "203.0.113.1", "peer": "198.51.100.7",
+        "key": key, "local": "203.0.113.1", "peer": "198.51.100.7",
         "encap": {"local_port": 4500, "peer_port": 4500},
         "selectors": {"local": ["10.0.0.0/8"], "peer": [format!("10.8.{}.{}/32", (spi >> 8) & 255, spi & 255)]}
     });
@@ -167,6 +171,45 @@ fn an_outbound_sa_resumes_above_its_reservation() {
     s.refresh();
     let slot = s.outbound(&dst(spi)).unwrap();
     assert_eq!(s.entry(slot).unwrap().rt.seq, 70_000);
+}
+
+#[test]
+fn a_key_installed_again_under_another_spi_resumes_above_its_earlier_use() {
+    let t = Tmp::new("rekey-spi");
+    let owners = Owners::new(1);
+    let (old, new) = (0x3101, 0x3102);
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes = vec![ArrayQueue::new(8)];
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let mut b = w.batch();
+    b.add(&sa(old, "outbound", 0, 64)).unwrap();
+    b.commit().unwrap();
+    s.refresh();
+    let slot = s.outbound(&dst(old)).unwrap();
+    assert_eq!(s.entry(slot).unwrap().rt.seq, 0);
+    // The worker sent under the old SPI and reserved a block for it, as the engine does.
+    let p = sa(old, "outbound", 0, 64);
+    let fp = natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt);
+    assert!(dp.reservations().reserve(old, fp, 65_536));
+    // A hand-written configuration removes it and installs the same key and salt under
+    // another SPI (IKE never would): the count goes on, so no nonce repeats.
+    let mut b = w.batch();
+    b.remove(Direction::Outbound, old).unwrap();
+    b.commit().unwrap();
+    let mut b = w.batch();
+    b.add(&sa_keyed(new, "outbound", key(old, 0), 64)).unwrap();
+    b.commit().unwrap();
+    s.refresh();
+    let slot = s.outbound(&dst(new)).unwrap();
+    let e = s.entry(slot).unwrap();
+    assert_eq!((e.rt.spi, e.rt.key_fp, e.rt.seq), (new, fp, 65_536));
+    // And a restarted dataplane (a fresh store) resumes there too.
+    let mut fresh = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    fresh.refresh();
+    let slot = fresh.outbound(&dst(new)).unwrap();
+    assert_eq!(fresh.entry(slot).unwrap().rt.seq, 65_536);
 }
 
 #[test]
