@@ -10,6 +10,7 @@
   Toeplitz hash of its SPI names, nothing is lost or reordered within an SA, and every
   packet of an SA the receiving worker does not own is handed over exactly once."""
 
+import re
 import os
 import shutil
 import struct
@@ -125,6 +126,12 @@ def test_counters_tell_every_packet(both_ways):
             assert sas[("outbound", c.spi_out)]["seq"] == first_seq(c) - 1 + N
     ports = {p["role"]: p for p in s["ports"]}
     assert ports["public"]["ipackets"] == t["rx_public"] and ports["public"]["opackets"] == t["tx_public"]
+    # The SA builder made every SA's state before the first packet: the worker built
+    # and freed nothing itself.
+    assert t["sa_loads"] == len(CLIENTS) + tunnel
+    assert (t["sa_built_here"], t["sa_freed_here"]) == (0, 0)
+    built = re.search(r"SA builder: (\d+) SA states built off the workers", both_ways["stdout"])
+    assert built and int(built.group(1)) >= t["sa_loads"], both_ways["stdout"][-2000:]
 
 
 def test_arp_from_the_protected_side_reaches_its_kernel_interface(both_ways):

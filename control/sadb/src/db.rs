@@ -4,6 +4,7 @@
 use crate::index::Table;
 use crate::layout::*;
 use crate::map::Mapping;
+use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Acquire, Relaxed};
 use natt_engine::sa::Direction;
 use std::path::{Path, PathBuf};
@@ -135,6 +136,12 @@ impl Sadb {
     pub(crate) fn lpm_table(&self, which: usize) -> Table<'_> {
         Table::new(self.map.slice(self.layout.lpm[which & 1], self.layout.lpm_buckets).expect("in layout"))
             .expect("power of two")
+    }
+
+    /// The journal of added records (see `JOURNAL_LEN`).
+    #[inline]
+    pub(crate) fn journal(&self) -> &[AtomicU64] {
+        self.map.slice(self.layout.journal, JOURNAL_LEN).expect("in layout")
     }
 
     pub fn created_ns(&self) -> u64 {

@@ -21,6 +21,14 @@ pub const MAX_SELECTORS: usize = 8;
 /// Bytes of an SA's name kept in its record.
 pub const NAME_LEN: usize = 32;
 
+/// Entries in the journal of added records: a ring of `uid << JOURNAL_SLOT_BITS | slot`,
+/// written by the writer once a record is live and linked, so that the dataplane can
+/// build the runtime state of new SAs ahead of their first packet without scanning the
+/// table. A reader that falls more than this far behind scans instead.
+pub const JOURNAL_LEN: usize = 1 << 16;
+/// Bits of a journal entry that hold the slot (`MAX_CAPACITY` is `1 << 24`).
+pub const JOURNAL_SLOT_BITS: u32 = 24;
+
 /// A table or record slot is empty.
 pub const EMPTY: u64 = 0;
 /// Low half of a removed index entry.
@@ -83,7 +91,9 @@ pub struct SadbHeader {
     /// Prefix lengths present in the LPM table: IPv4 bits 0..=32, IPv6 bits 0..=128.
     pub lpm_len_v4: AtomicU64,
     pub lpm_len_v6: [AtomicU64; 3],
-    pub _pad1: [AtomicU64; 2],
+    /// How many records have been added to the journal (see `JOURNAL_LEN`).
+    pub journal_head: AtomicU64,
+    pub _pad1: AtomicU64,
 }
 
 /// Pads `T` to a cache line.
@@ -290,6 +300,7 @@ pub struct SadbLayout {
     pub spi_in: [usize; 2],
     pub spi_out: [usize; 2],
     pub lpm: [usize; 2],
+    pub journal: usize,
     pub total: usize,
 }
 
@@ -317,9 +328,10 @@ impl SadbLayout {
         let spi_in = [table(spi_buckets), table(spi_buckets)];
         let spi_out = [table(spi_buckets), table(spi_buckets)];
         let lpm = [table(lpm_buckets), table(lpm_buckets)];
+        let journal = table(JOURNAL_LEN);
         // Whole 2 MiB pages, so the segment can live on hugetlbfs.
         let total = align_up(at, 2 << 20);
-        Some(SadbLayout { capacity, spi_buckets, lpm_buckets, records, spi_in, spi_out, lpm, total })
+        Some(SadbLayout { capacity, spi_buckets, lpm_buckets, records, spi_in, spi_out, lpm, journal, total })
     }
 
     /// The default tables for a capacity: SPI tables twice, the LPM table four times

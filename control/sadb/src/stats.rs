@@ -76,6 +76,8 @@ counters! {
     tx_cycles = 34: "TSC cycles routing verdicts and sending",
     frag_pending = 35: "fragments held for reassembly now (a gauge)",
     tx_pending = 36: "packets waiting in TX buffers now (a gauge)",
+    sa_built_here = 37: "of sa_loads, SAs the worker built itself (allocating on its core) because their first packet came before the SA builder's state did",
+    sa_freed_here = 38: "SA states the worker freed itself (on its core) because the SA builder's return lane was full",
 }
 
 /// One worker's block.

@@ -751,6 +751,12 @@ impl Batch<'_> {
             self.w.free.push(slot);
             return Err(e);
         }
+        // Live and linked: tell the dataplane's builder (a new SA is prepared before its
+        // first packet; one rolled back is never found under this uid).
+        let h = self.w.db.header();
+        let n = h.journal_head.load(Relaxed);
+        self.w.db.journal()[n as usize % JOURNAL_LEN].store(uid << JOURNAL_SLOT_BITS | u64::from(slot), Release);
+        h.journal_head.store(n + 1, Release);
         self.added.push(slot);
         self.overlay.insert((p.direction, p.spi), Some(slot));
         self.keys.insert(fp, Some(slot));

@@ -350,3 +350,46 @@ fn corrupt_records_and_indexes_are_not_followed() {
     assert!(r.inbound(&r.snapshot(), 0x0010_0001).is_none());
     assert!(r.decode(1 << 30).is_err());
 }
+
+#[test]
+fn the_journal_names_every_added_record_until_it_is_overwritten() {
+    use natt_sadb::layout::JOURNAL_LEN;
+    let d = TmpDir::new("journal");
+    let mut w = Writer::create(&d.0, "t", 16).unwrap();
+    let r = Reader::attach(&d.0, "t").unwrap();
+    assert_eq!((r.journal_head(), r.journal_entry(0)), (0, None));
+    let mut b = w.batch();
+    b.add(&inbound(1, 0)).unwrap();
+    b.add(&outbound(1, 0)).unwrap();
+    // Named before the batch is published: the builder may prepare it early.
+    assert_eq!(r.journal_head(), 2);
+    b.commit().unwrap();
+    let mut b = w.batch();
+    b.replace(&inbound(1, 0)).unwrap();
+    b.remove(Direction::Outbound, outbound(1, 0).spi).unwrap();
+    b.commit().unwrap();
+    assert_eq!(r.journal_head(), 3, "a replace adds a record, a removal none");
+    let s = r.snapshot();
+    let now_in = r.inbound(&s, inbound(1, 0).spi).unwrap();
+    let (slot, uid) = r.journal_entry(2).unwrap();
+    assert_eq!((slot, uid), (now_in.slot, now_in.uid));
+    assert!(r.is_live(slot, uid));
+    let (old_slot, old_uid) = r.journal_entry(0).unwrap();
+    assert!(old_uid < uid);
+    assert!(!r.is_live(old_slot, old_uid + 100), "another uid");
+    assert_eq!(r.journal_entry(3), None, "not written yet");
+    // Past JOURNAL_LEN additions the oldest entries are gone, and say so.
+    for i in 0..JOURNAL_LEN as u32 / 2 {
+        let mut b = w.batch();
+        b.replace(&inbound(1, i % 2)).unwrap();
+        b.replace(&inbound(2, i % 2)).unwrap_or_else(|_| b.add(&inbound(2, i % 2)).unwrap());
+        b.commit().unwrap();
+        w.housekeeping(0, Readers::None);
+    }
+    let head = r.journal_head();
+    assert_eq!(head, 3 + JOURNAL_LEN as u64);
+    assert_eq!(r.journal_entry(2), None, "overwritten");
+    assert!(r.journal_entry(3).is_some());
+    let (slot, uid) = r.journal_entry(head - 1).unwrap();
+    assert!(r.is_live(slot, uid));
+}

@@ -5,6 +5,7 @@
 //! - `args`: the command line (EAL arguments, then ours).
 //! - `setup`: ports, mempool, rings, SA table and dataplane segment: `Shared`.
 //! - `dispatch`: which worker owns which SA; a first look at frames.
+//! - `prepare`: the SA builder, which makes SAs' runtime state off the workers' cores.
 //! - `store`: the engine's `SaStore` over the shared SA table.
 //! - `host`: the engine's `Host` (events, reservations) and the TSC clock.
 //! - `worker`: the poll loop and its stages.
@@ -13,6 +14,7 @@
 pub mod args;
 pub mod dispatch;
 pub mod host;
+pub mod prepare;
 pub mod report;
 pub mod setup;
 pub mod store;

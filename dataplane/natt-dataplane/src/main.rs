@@ -110,6 +110,21 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
             .map_err(|e| format!("starting the monitor thread: {e}"))?
     };
 
+    // The SA builder: SAs' runtime state made off the workers' cores (see `prepare`).
+    let builder = {
+        let sh = sh.clone();
+        std::thread::Builder::new()
+            .name("natt-builder".into())
+            .spawn(move || build_sas(&sh))
+            .map_err(|e| format!("starting the SA builder thread: {e}"))?
+    };
+    // Let it prepare the SAs installed now before the first packet (a few seconds at
+    // most: a huge table's remainder follows while the workers run).
+    let until = Instant::now() + Duration::from_secs(5);
+    while !sh.builder_ready.load(Ordering::SeqCst) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
     let mut failed = Vec::new();
     if inline {
         worker::run(&sh, 0);
@@ -140,6 +155,12 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
     }
     sh.stop.store(true, Ordering::SeqCst);
     let _ = monitor.join();
+    if let Ok(c) = builder.join() {
+        println!(
+            "natt-dataplane: SA builder: {} SA states built off the workers, {} freed, {} skipped, {} table scan(s)",
+            c.built, c.freed, c.skipped, c.scans
+        );
+    }
     let elapsed = started.elapsed().as_secs_f64();
     print!("{}", report::to_text(&sh, elapsed, true));
     let json = args.stats_json.as_ref().map(|_| report::to_json(&sh, elapsed));
@@ -257,6 +278,20 @@ fn check_segments(sh: &setup::Shared, args: &Args, seen: &mut [bool; 2]) {
             args.name
         );
     }
+}
+
+/// The SA builder's thread: build what the table's journal names, sleep when there is
+/// nothing to build (or a worker's lane is full), until stopped.
+fn build_sas(sh: &setup::Shared) -> natt_dataplane::prepare::BuilderCounters {
+    pin_monitor(sh);
+    let mut b = natt_dataplane::prepare::Builder::<natt_engine::crypto::Ring>::new(&sh.reader, &sh.owners, &sh.lanes);
+    while !sh.stop.load(Ordering::SeqCst) {
+        if b.step(256) == 0 && !b.can_proceed() {
+            sh.builder_ready.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    b.counters
 }
 
 fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Instant) {

@@ -7,6 +7,7 @@
 use crate::args::Args;
 use crate::dispatch::{DEFAULT_RETA, Owners, RSS_KEY};
 use crate::host::Clock;
+use crate::prepare::Lanes;
 use crate::store::NatUpdate;
 use crossbeam_queue::ArrayQueue;
 use natt_dpdk::mbuf::Mempool;
@@ -120,6 +121,11 @@ pub struct Shared {
     pub pool: Mempool,
     rings: Vec<Option<Ring>>,
     pub inboxes: Vec<ArrayQueue<NatUpdate>>,
+    /// Between the SA builder and the workers.
+    pub lanes: Lanes<<natt_engine::crypto::Ring as natt_engine::crypto::Backend>::Key>,
+    /// Set by the SA builder once its first scan is handed on (or the lanes are full):
+    /// workers start polling then, with the SAs installed at start ready.
+    pub builder_ready: AtomicBool,
     /// Set to stop: workers stop reading ports, drain what other workers hand them, and
     /// return.
     pub stop: AtomicBool,
@@ -398,6 +404,8 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
         pool,
         rings: ring_list,
         inboxes: (0..workers).map(|_| ArrayQueue::new(1024)).collect(),
+        lanes: Lanes::new(workers, LANE_DEPTH),
+        builder_ready: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         rx_stopped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
         finished: AtomicUsize::new(0),
@@ -406,6 +414,9 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
         plans,
     })
 }
+
+/// SA states in flight between the builder and one worker, either way.
+const LANE_DEPTH: usize = 4096;
 
 /// Stop and close every port (net_pcap flushes its files).
 pub fn close_ports(sh: &Shared) {

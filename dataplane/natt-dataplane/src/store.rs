@@ -2,15 +2,18 @@
 //! worker takes a snapshot (the published generation) and reports a quiescent point;
 //! lookups then go through the shared indexes without a lock or a syscall. The runtime
 //! state of an SA (expanded key, replay window, sequence counter, NAT endpoint) lives
-//! here, in the one worker that owns the SA: it is built from the record the first time
-//! the SA is used, and rebuilt when the slot's uid says the record changed. A replaced
-//! SA with the same key carries its running state over, and an outbound SA resumes above
-//! the sequence numbers reserved in the dataplane segment, so no IV repeats.
+//! here, in the one worker that owns the SA: the builder (`prepare`) makes it from the
+//! record off the worker's core and the worker takes it up the first time the SA is used
+//! (or builds it itself if it has not arrived yet); a new uid in the slot says the record
+//! changed. A replaced SA with the same key carries its running state over, and an
+//! outbound SA resumes above the sequence numbers reserved in the dataplane segment, so
+//! no IV repeats. What the worker no longer needs goes back to the builder to be freed.
 //!
 //! Only SAs this worker owns are ever loaded: that, not the dispatch stage, is what
 //! guarantees one sequence counter and one replay window per SA.
 
 use crate::dispatch::Owners;
+use crate::prepare::{Built, Lanes};
 use crossbeam_queue::ArrayQueue;
 use natt_dpdk::prefetch;
 use natt_engine::crypto::Backend;
@@ -27,11 +30,6 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// A NAT endpoint change for an outbound SA another worker owns.
 pub type NatUpdate = (u32, Endpoint);
-
-struct Cached<K> {
-    uid: u64,
-    entry: SaEntry<K>,
-}
 
 /// Outbound lookups remembered for the current snapshot (the dispatch stage looks up,
 /// the engine asks again for the same destination).
@@ -54,14 +52,24 @@ pub struct StoreCounters {
     pub invalid: u64,
     /// NAT updates for SAs of other workers that their inbox could not take.
     pub nat_lost: u64,
+    /// SAs this worker built itself (allocating) because the builder had not yet.
+    pub built_here: u64,
+    /// SA states this worker freed itself because the builder's lane was full.
+    pub freed_here: u64,
 }
+
+/// Built states taken from the builder's lane per loop, at most.
+const TAKE_PER_LOOP: usize = 32;
 
 pub struct ShmStore<'a, B: Backend> {
     reader: &'a Reader,
     owners: &'a Owners,
     me: usize,
     snap: Snapshot,
-    cache: Vec<Option<Box<Cached<B::Key>>>>,
+    cache: Vec<Option<Box<Built<B::Key>>>>,
+    /// States the builder made, by slot, until their SA's first packet.
+    prepared: Vec<Option<Box<Built<B::Key>>>>,
+    lanes: &'a Lanes<B::Key>,
     /// The slot last loaded for each (direction, SPI): where a replacement finds the
     /// state to carry over.
     by_spi: HashMap<(Direction, u32), u32>,
@@ -78,16 +86,21 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         me: usize,
         resv: Reservations<'a>,
         inboxes: &'a [ArrayQueue<NatUpdate>],
+        lanes: &'a Lanes<B::Key>,
     ) -> Self {
         let capacity = reader.db().capacity() as usize;
         let mut cache = Vec::new();
         cache.resize_with(capacity, || None);
+        let mut prepared = Vec::new();
+        prepared.resize_with(capacity, || None);
         ShmStore {
             reader,
             owners,
             me,
             snap: reader.snapshot(),
             cache,
+            prepared,
+            lanes,
             // At most one entry per cache slot (see `load`): reserved once, never grown here.
             by_spi: HashMap::with_capacity(capacity),
             resv,
@@ -110,6 +123,33 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     pub fn apply_nat_updates(&mut self) {
         while let Some((spi, to)) = self.inboxes[self.me].pop() {
             self.follow_local(spi, to);
+        }
+    }
+
+    /// Take up what the builder made for this worker (a bounded number per call).
+    #[inline]
+    pub fn take_prepared(&mut self) {
+        let Some(lane) = self.lanes.ready.get(self.me) else { return };
+        for _ in 0..TAKE_PER_LOOP {
+            let Some(b) = lane.pop() else { return };
+            let slot = b.slot as usize;
+            let current = self.cache.get(slot).is_some_and(|c| c.as_ref().is_some_and(|c| c.uid == b.uid));
+            if current || slot >= self.prepared.len() {
+                // Built here already (its first packet came first), or nonsense.
+                self.give_back(b);
+            } else if let Some(old) = self.prepared[slot].replace(b) {
+                // A record that had left the slot before its first packet.
+                self.give_back(old);
+            }
+        }
+    }
+
+    /// Hand a state to the builder to free; free it here only if its lane is full.
+    #[inline]
+    fn give_back(&mut self, b: Box<Built<B::Key>>) {
+        if let Some(Err(b)) = self.lanes.spent.get(self.me).map(|q| q.push(b)) {
+            self.counters.freed_here += 1;
+            drop(b);
         }
     }
 
@@ -158,32 +198,33 @@ impl<'a, B: Backend> ShmStore<'a, B> {
 
     #[cold]
     fn load(&mut self, f: Found, dir: Direction) -> Result<u32, DropReason> {
-        let p = match self.reader.decode(f.slot) {
-            Ok(p) if p.direction == dir => p,
-            _ => {
-                self.counters.invalid += 1;
-                return Err(DropReason::SaInvalid);
+        let mut b = match self.prepared.get_mut(f.slot as usize).and_then(Option::take) {
+            Some(b) if b.uid == f.uid && b.entry.rt.direction == dir => b,
+            other => {
+                if let Some(o) = other {
+                    self.give_back(o);
+                }
+                self.build_here(f, dir)?
             }
         };
-        if self.owners.of_spi(p.spi) != self.me {
+        if self.owners.of_spi(b.entry.rt.spi) != self.me {
+            self.give_back(b);
             return Err(DropReason::NotOwner);
         }
-        let Ok(mut rt) = SaRuntime::new::<B>(&p) else {
-            self.counters.invalid += 1;
-            return Err(DropReason::SaInvalid);
-        };
+        let (spi, fp) = (b.entry.rt.spi, b.entry.rt.key_fp);
         // The same SA before a replace (or still in this slot): keep its running state
         // if the key is the same; a new key starts afresh.
-        let key = (dir, p.spi);
+        let key = (dir, spi);
         let previous = self.by_spi.get(&key).copied().filter(|&s| s != f.slot);
         let mut carried = false;
         for s in [Some(f.slot), previous].into_iter().flatten() {
-            let same = self.cache[s as usize].as_ref().is_some_and(|c| {
-                c.entry.rt.spi == p.spi && c.entry.rt.direction == dir && c.entry.rt.key_fp == rt.key_fp
-            });
+            let same = self.cache[s as usize]
+                .as_ref()
+                .is_some_and(|c| c.entry.rt.spi == spi && c.entry.rt.direction == dir && c.entry.rt.key_fp == fp);
             if same {
-                if let Some(old) = self.cache[s as usize].take() {
-                    rt.carry_over(old.entry.rt);
+                if let Some(mut old) = self.cache[s as usize].take() {
+                    b.entry.rt.carry_over(&mut old.entry.rt);
+                    self.give_back(old);
                     carried = true;
                 }
                 break;
@@ -192,8 +233,8 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         // Without live state to carry (the first load since this process started), the
         // reservations say how far an earlier run may have got.
         if dir == Direction::Outbound && !carried {
-            if let Some(floor) = self.resv.get(rt.key_fp) {
-                rt.resume_above(floor);
+            if let Some(floor) = self.resv.get(fp) {
+                b.entry.rt.resume_above(floor);
             }
         }
         // Whatever the slot held before (another SA, its record since reclaimed) is gone:
@@ -204,11 +245,34 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             if self.by_spi.get(&gone) == Some(&f.slot) {
                 self.by_spi.remove(&gone);
             }
+            self.give_back(old);
         }
         self.by_spi.insert(key, f.slot);
-        self.cache[f.slot as usize] = Some(Box::new(Cached { uid: f.uid, entry: SaEntry { rt, params: Box::new(p) } }));
+        self.cache[f.slot as usize] = Some(b);
         self.counters.loads += 1;
         Ok(f.slot)
+    }
+
+    /// Build an SA's state on the worker: what the builder does, for an SA whose first
+    /// packet came before its state did. Allocates.
+    #[cold]
+    fn build_here(&mut self, f: Found, dir: Direction) -> Result<Box<Built<B::Key>>, DropReason> {
+        let p = match self.reader.decode(f.slot) {
+            Ok(p) if p.direction == dir => p,
+            _ => {
+                self.counters.invalid += 1;
+                return Err(DropReason::SaInvalid);
+            }
+        };
+        if self.owners.of_spi(p.spi) != self.me {
+            return Err(DropReason::NotOwner);
+        }
+        let Ok(rt) = SaRuntime::new::<B>(&p) else {
+            self.counters.invalid += 1;
+            return Err(DropReason::SaInvalid);
+        };
+        self.counters.built_here += 1;
+        Ok(Box::new(Built { slot: f.slot, uid: f.uid, entry: SaEntry { rt, params: Box::new(p) } }))
     }
 
     fn follow_local(&mut self, spi: u32, to: Endpoint) -> bool {

@@ -101,7 +101,7 @@ struct Worker<'a> {
 pub fn run(sh: &Shared, me: usize) -> i32 {
     let lcore = sh.plans[me].lcore;
     sh.dp.register_worker(me, lcore, || sh.reader.snapshot().generation);
-    let store = ShmStore::new(&sh.reader, &sh.owners, me, sh.dp.reservations(), &sh.inboxes);
+    let store = ShmStore::new(&sh.reader, &sh.owners, me, sh.dp.reservations(), &sh.inboxes, &sh.lanes);
     let mut w = Worker {
         sh,
         me,
@@ -208,8 +208,8 @@ impl<'a> Worker<'a> {
         now
     }
 
-    /// The quiescent point: new SA snapshot, NAT updates from other workers, clock,
-    /// and questions from the control process about an SA.
+    /// The quiescent point: new SA snapshot, NAT updates from other workers, SA states
+    /// from the builder, clock, and questions from the control process about an SA.
     #[inline]
     fn begin(&mut self) -> u64 {
         let tsc = eal::rdtsc();
@@ -218,6 +218,7 @@ impl<'a> Worker<'a> {
         let generation = self.engine.store_mut().refresh();
         self.sh.dp.quiescent(self.me, generation, self.host.now_wall_ns);
         self.engine.store_mut().apply_nat_updates();
+        self.engine.store_mut().take_prepared();
         let q = self.sh.dp.query(self.me);
         if let Some((ticket, dir, spi)) = natt_sadb::query::pending(q) {
             natt_sadb::query::answer(q, ticket, self.engine.store().runtime(dir, spi));
@@ -630,6 +631,8 @@ impl<'a> Worker<'a> {
         b.set(Counter::tx_punt, io.tx[Role::Punt as usize] + io.tx[Role::ProtectedPunt as usize]);
         b.set(Counter::tx_bytes, io.tx_bytes);
         b.set(Counter::sa_loads, s.loads);
+        b.set(Counter::sa_built_here, s.built_here);
+        b.set(Counter::sa_freed_here, s.freed_here);
         b.set(Counter::bursts, io.bursts);
         b.set(Counter::polls, io.polls);
         b.set(Counter::linearized, io.linearized);

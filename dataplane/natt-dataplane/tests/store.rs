@@ -5,6 +5,7 @@
 
 use crossbeam_queue::ArrayQueue;
 use natt_dataplane::dispatch::Owners;
+use natt_dataplane::prepare::{Builder, Lanes};
 use natt_dataplane::store::{NatUpdate, ShmStore};
 use natt_engine::DropReason;
 use natt_engine::crypto::Ring;
@@ -84,7 +85,8 @@ fn a_worker_loads_only_the_sas_it_owns() {
     let r = Reader::attach(&t.0, "t").unwrap();
     let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(2, 64, 1024).unwrap(), 0).unwrap();
     let inboxes: Vec<ArrayQueue<NatUpdate>> = (0..2).map(|_| ArrayQueue::new(8)).collect();
-    let mut s0 = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let lanes = Lanes::new(inboxes.len(), 64);
+    let mut s0 = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
     s0.refresh();
     let slot = s0.inbound(mine).unwrap();
     assert_eq!(s0.entry(slot).unwrap().rt.spi, mine);
@@ -111,7 +113,8 @@ fn changes_are_seen_at_the_next_snapshot_and_state_carries_over_a_replace() {
     let r = Reader::attach(&t.0, "t").unwrap();
     let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
     let inboxes = vec![ArrayQueue::new(8)];
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let lanes = Lanes::new(inboxes.len(), 64);
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
     s.refresh();
     let mut b = w.batch();
     b.add(&sa(spi, "outbound", 0, 64)).unwrap();
@@ -167,7 +170,8 @@ fn an_outbound_sa_resumes_above_its_reservation() {
     assert!(dp.reservations().reserve(spi, fp, 70_000));
     assert!(dp.reservations().reserve(spi + 1, fp ^ 1, 90_000), "another SA's reservation");
     let inboxes = vec![ArrayQueue::new(8)];
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let lanes = Lanes::new(inboxes.len(), 64);
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
     s.refresh();
     let slot = s.outbound(&dst(spi)).unwrap();
     assert_eq!(s.entry(slot).unwrap().rt.seq, 70_000);
@@ -182,7 +186,8 @@ fn a_key_installed_again_under_another_spi_resumes_above_its_earlier_use() {
     let r = Reader::attach(&t.0, "t").unwrap();
     let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
     let inboxes = vec![ArrayQueue::new(8)];
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let lanes = Lanes::new(inboxes.len(), 64);
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
     let mut b = w.batch();
     b.add(&sa(old, "outbound", 0, 64)).unwrap();
     b.commit().unwrap();
@@ -206,7 +211,7 @@ fn a_key_installed_again_under_another_spi_resumes_above_its_earlier_use() {
     let e = s.entry(slot).unwrap();
     assert_eq!((e.rt.spi, e.rt.key_fp, e.rt.seq), (new, fp, 65_536));
     // And a restarted dataplane (a fresh store) resumes there too.
-    let mut fresh = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let mut fresh = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
     fresh.refresh();
     let slot = fresh.outbound(&dst(new)).unwrap();
     assert_eq!(fresh.entry(slot).unwrap().rt.seq, 65_536);
@@ -225,8 +230,9 @@ fn nat_updates_reach_the_worker_that_owns_the_outbound_sa() {
     let r = Reader::attach(&t.0, "t").unwrap();
     let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(2, 64, 1024).unwrap(), 0).unwrap();
     let inboxes: Vec<ArrayQueue<NatUpdate>> = (0..2).map(|_| ArrayQueue::new(8)).collect();
-    let mut s0 = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
-    let mut s1 = ShmStore::<Ring>::new(&r, &owners, 1, dp.reservations(), &inboxes);
+    let lanes = Lanes::new(inboxes.len(), 64);
+    let mut s0 = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let mut s1 = ShmStore::<Ring>::new(&r, &owners, 1, dp.reservations(), &inboxes, &lanes);
     s0.refresh();
     s1.refresh();
     let to = Endpoint { addr: "198.51.100.7".parse().unwrap(), port: 40_123 };
@@ -266,7 +272,8 @@ fn a_corrupt_record_is_refused_not_followed() {
     let r = Reader::attach(&t.0, "t").unwrap();
     let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
     let inboxes = vec![ArrayQueue::new(8)];
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let lanes = Lanes::new(inboxes.len(), 64);
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
     s.refresh();
     assert_eq!(s.inbound(spi), Err(DropReason::SaInvalid));
     assert_eq!(s.counters.invalid, 1);
@@ -283,7 +290,8 @@ fn rekeys_all_day_leave_the_store_bounded() {
     let r = Reader::attach(&t.0, "t").unwrap();
     let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
     let inboxes = vec![ArrayQueue::new(8)];
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let lanes = Lanes::new(inboxes.len(), 64);
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
     for round in 0..200u32 {
         let spi = 0x5000 + round;
         let mut b = w.batch();
@@ -319,7 +327,8 @@ fn looking_ahead_names_the_records_a_lookup_reads_and_changes_no_result() {
     let r = Reader::attach(&t.0, "t").unwrap();
     let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
     let inboxes = vec![ArrayQueue::new(8)];
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes);
+    let lanes = Lanes::new(inboxes.len(), 64);
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
     let snap = r.snapshot();
     s.refresh();
     // The hints: where there is no collision the first bucket names the SA itself.
@@ -359,4 +368,152 @@ fn looking_ahead_names_the_records_a_lookup_reads_and_changes_no_result() {
     assert!(absent > 0, "some keys name no SA");
     s.look_ahead_inbound(&[(0, 0), (u32::MAX, u32::MAX)]);
     s.look_ahead_outbound(&["::1".parse().unwrap(), "0.0.0.0".parse().unwrap()]);
+}
+
+/// Run the builder until it has handed on everything it can see.
+fn build_all(b: &mut Builder<'_, Ring>) {
+    for _ in 0..1000 {
+        b.step(64);
+        if b.idle() {
+            return;
+        }
+    }
+    panic!("the builder never finished");
+}
+
+#[test]
+fn the_builder_makes_each_workers_sas_off_its_core_and_frees_what_it_gives_back() {
+    let t = Tmp::new("builder");
+    let owners = Owners::new(2);
+    let spis: Vec<u32> = (0x4000..0x4000 + 16).collect();
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    // Half installed before the builder starts (its first scan finds them), half after
+    // (the journal names them).
+    let mut b = w.batch();
+    for &s in &spis[..8] {
+        b.add(&sa(s, "outbound", 0, 64)).unwrap();
+    }
+    b.commit().unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(2, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes: Vec<ArrayQueue<NatUpdate>> = (0..2).map(|_| ArrayQueue::new(8)).collect();
+    let lanes = Lanes::new(2, 64);
+    let mut builder = Builder::<Ring>::new(&r, &owners, &lanes);
+    build_all(&mut builder);
+    let mut b = w.batch();
+    for &s in &spis[8..] {
+        b.add(&sa(s, "outbound", 0, 64)).unwrap();
+    }
+    b.commit().unwrap();
+    assert!(!builder.idle(), "the journal names what was added");
+    build_all(&mut builder);
+    assert_eq!((builder.counters.built, builder.counters.scans), (16, 1));
+    let mine = |wk: usize| spis.iter().filter(|&&s| owners.of_spi(s) == wk).count();
+    assert_eq!((lanes.waiting(0), lanes.waiting(1)), (mine(0), mine(1)), "each state went to its SA's owner");
+    assert!(mine(0) > 0 && mine(1) > 0);
+
+    let mut stores: Vec<_> =
+        (0..2).map(|wk| ShmStore::<Ring>::new(&r, &owners, wk, dp.reservations(), &inboxes, &lanes)).collect();
+    for (wk, s) in stores.iter_mut().enumerate() {
+        s.refresh();
+        s.take_prepared();
+        assert_eq!(lanes.waiting(wk), 0);
+        for &spi in spis.iter().filter(|&&x| owners.of_spi(x) == wk) {
+            let slot = s.outbound(&dst(spi)).unwrap();
+            assert_eq!(s.entry(slot).unwrap().rt.spi, spi);
+        }
+        assert_eq!((s.counters.loads, s.counters.built_here), (mine(wk) as u64, 0), "worker {wk} built nothing");
+    }
+
+    // A replace with the same key: the builder makes the new state, the worker carries
+    // the running state into it and gives the old one back, which the builder frees.
+    let spi = spis[0];
+    let wk = owners.of_spi(spi);
+    let slot = stores[wk].outbound(&dst(spi)).unwrap();
+    stores[wk].entry_mut(slot).unwrap().rt.seq = 777;
+    let mut b = w.batch();
+    b.replace(&sa(spi, "outbound", 0, 40)).unwrap();
+    b.commit().unwrap();
+    build_all(&mut builder);
+    assert_eq!(builder.counters.built, 17);
+    let s = &mut stores[wk];
+    s.refresh();
+    s.take_prepared();
+    let slot2 = s.outbound(&dst(spi)).unwrap();
+    assert_ne!(slot, slot2);
+    let e = s.entry(slot2).unwrap();
+    assert_eq!((e.rt.ttl, e.rt.seq), (40, 777));
+    assert_eq!((s.counters.built_here, s.counters.freed_here), (0, 0));
+    assert_eq!(builder.counters.freed, 0);
+    builder.step(64);
+    assert_eq!(builder.counters.freed, 1, "the replaced state, freed by the builder");
+}
+
+#[test]
+fn a_first_packet_before_the_builder_builds_on_the_worker_and_the_late_state_goes_back() {
+    let t = Tmp::new("late");
+    let owners = Owners::new(1);
+    let spi = 0x5001;
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes = vec![ArrayQueue::new(8)];
+    let lanes = Lanes::new(1, 64);
+    let mut builder = Builder::<Ring>::new(&r, &owners, &lanes);
+    build_all(&mut builder);
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let mut b = w.batch();
+    b.add(&sa(spi, "inbound", 0, 0)).unwrap();
+    b.commit().unwrap();
+    s.refresh();
+    s.take_prepared();
+    let slot = s.inbound(spi).unwrap();
+    assert_eq!((s.counters.loads, s.counters.built_here), (1, 1));
+    s.entry_mut(slot).unwrap().rt.stats.packets = 5;
+    // The builder's state arrives after: the worker keeps its own and gives it back.
+    build_all(&mut builder);
+    assert_eq!(lanes.waiting(0), 1);
+    s.take_prepared();
+    assert_eq!(s.inbound(spi), Ok(slot));
+    assert_eq!(s.entry(slot).unwrap().rt.stats.packets, 5, "the live state stays");
+    builder.step(64);
+    assert_eq!((builder.counters.built, builder.counters.freed), (1, 1));
+    assert_eq!(s.counters.loads, 1);
+}
+
+#[test]
+fn a_full_lane_holds_the_builder_back_without_losing_a_state() {
+    let t = Tmp::new("full");
+    let owners = Owners::new(1);
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let r = Reader::attach(&t.0, "t").unwrap();
+    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
+    let inboxes = vec![ArrayQueue::new(8)];
+    let lanes = Lanes::new(1, 2);
+    let mut builder = Builder::<Ring>::new(&r, &owners, &lanes);
+    build_all(&mut builder);
+    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let spis = 0x6000..0x6005u32;
+    let mut b = w.batch();
+    for spi in spis.clone() {
+        b.add(&sa(spi, "inbound", 0, 0)).unwrap();
+    }
+    b.commit().unwrap();
+    assert_eq!(builder.step(64), 3, "two in the lane, one held back");
+    assert_eq!(lanes.waiting(0), 2);
+    assert!(!builder.can_proceed() && !builder.idle(), "its worker's lane is full");
+    assert_eq!(builder.step(64), 0);
+    let mut rounds = 0;
+    while !builder.idle() {
+        s.take_prepared();
+        builder.step(64);
+        rounds += 1;
+        assert!(rounds < 10);
+    }
+    s.take_prepared();
+    s.refresh();
+    for spi in spis {
+        assert!(s.inbound(spi).is_ok(), "SPI {spi:x}");
+    }
+    assert_eq!((builder.counters.built, s.counters.loads, s.counters.built_here), (5, 5, 0));
 }

@@ -153,15 +153,16 @@ impl<K: AeadKey> SaRuntime<K> {
 
     /// Carry the running state of `old` (the same SA before a replace with the same key:
     /// anti-replay window, sequence numbers, NAT endpoint, lifetime counters) into this
-    /// one, so that replacing settings never reopens a window or reuses an IV.
-    pub fn carry_over(&mut self, old: SaRuntime<K>) {
-        self.replay = old.replay;
+    /// one, so that replacing settings never reopens a window or reuses an IV. The
+    /// windows are swapped, so that neither side allocates or frees here.
+    pub fn carry_over(&mut self, old: &mut SaRuntime<K>) {
+        core::mem::swap(&mut self.replay, &mut old.replay);
         self.seq = self.seq.max(old.seq);
         self.seq_reserved = self.seq_reserved.max(old.seq_reserved);
         self.endpoint = old.endpoint;
         self.expired = old.expired;
         self.soft_fired = old.soft_fired;
-        self.stats = old.stats;
+        self.stats = old.stats.clone();
         self.update_next_limits();
     }
 
