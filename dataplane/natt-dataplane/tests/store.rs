@@ -37,6 +37,38 @@ impl Drop for Tmp {
     }
 }
 
+/// What workers' stores and the builder read, beside the writer a test changes the
+/// table with: the table, the dataplane segment, and the queues between threads.
+struct Env<'a> {
+    r: Reader,
+    dp: DpSegment,
+    owners: &'a Owners,
+    inboxes: Vec<ArrayQueue<NatUpdate>>,
+    lanes: Lanes<<Ring as natt_engine::crypto::Backend>::Key>,
+}
+
+impl<'a> Env<'a> {
+    /// Attach to the table a test created in `t`; lanes `depth` deep.
+    fn new(t: &Tmp, owners: &'a Owners, depth: usize) -> Self {
+        let n = owners.workers();
+        Env {
+            r: Reader::attach(&t.0, "t").unwrap(),
+            dp: DpSegment::open_or_create(&t.0, "t", DpLayout::new(n, 64, 1024).unwrap(), 0).unwrap(),
+            owners,
+            inboxes: (0..n).map(|_| ArrayQueue::new(8)).collect(),
+            lanes: Lanes::new(n, depth),
+        }
+    }
+
+    fn store(&self, me: usize) -> ShmStore<'_, Ring> {
+        ShmStore::new(&self.r, self.owners, me, self.dp.reservations(), &self.inboxes, &self.lanes)
+    }
+
+    fn builder(&self) -> Builder<'_, Ring> {
+        Builder::new(&self.r, self.owners, &self.lanes)
+    }
+}
+
 fn key(spi: u32, v: u8) -> String {
     let b = spi.to_be_bytes();
     (0..20usize).map(|i| format!("{:02x}", b[i % 4] ^ (i as u8).wrapping_mul(37) ^ v.wrapping_mul(91))).collect()
@@ -82,11 +114,8 @@ fn a_worker_loads_only_the_sas_it_owns() {
         b.add(&sa(s + 0x10000, "outbound", 0, 64)).unwrap();
     }
     b.commit().unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(2, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes: Vec<ArrayQueue<NatUpdate>> = (0..2).map(|_| ArrayQueue::new(8)).collect();
-    let lanes = Lanes::new(inboxes.len(), 64);
-    let mut s0 = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let env = Env::new(&t, &owners, 64);
+    let mut s0 = env.store(0);
     s0.refresh();
     let slot = s0.inbound(mine).unwrap();
     assert_eq!(s0.entry(slot).unwrap().rt.spi, mine);
@@ -110,11 +139,8 @@ fn changes_are_seen_at_the_next_snapshot_and_state_carries_over_a_replace() {
     let owners = Owners::new(1);
     let spi = 0x2001;
     let mut w = Writer::create(&t.0, "t", 64).unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes = vec![ArrayQueue::new(8)];
-    let lanes = Lanes::new(inboxes.len(), 64);
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let env = Env::new(&t, &owners, 64);
+    let mut s = env.store(0);
     s.refresh();
     let mut b = w.batch();
     b.add(&sa(spi, "outbound", 0, 64)).unwrap();
@@ -126,7 +152,7 @@ fn changes_are_seen_at_the_next_snapshot_and_state_carries_over_a_replace() {
     // The block reserved for it: a restarted dataplane would resume above it, but this
     // process has the live counter and must keep it.
     let p = sa(spi, "outbound", 0, 64);
-    assert!(dp.reservations().reserve(spi, natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt), 65_536));
+    assert!(env.dp.reservations().reserve(spi, natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt), 65_536));
 
     // Same key, other settings: a new record, the running state carried over.
     let mut b = w.batch();
@@ -164,14 +190,11 @@ fn an_outbound_sa_resumes_above_its_reservation() {
     let mut b = w.batch();
     b.add(&p).unwrap();
     b.commit().unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
+    let env = Env::new(&t, &owners, 64);
     let fp = natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt);
-    assert!(dp.reservations().reserve(spi, fp, 70_000));
-    assert!(dp.reservations().reserve(spi + 1, fp ^ 1, 90_000), "another SA's reservation");
-    let inboxes = vec![ArrayQueue::new(8)];
-    let lanes = Lanes::new(inboxes.len(), 64);
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    assert!(env.dp.reservations().reserve(spi, fp, 70_000));
+    assert!(env.dp.reservations().reserve(spi + 1, fp ^ 1, 90_000), "another SA's reservation");
+    let mut s = env.store(0);
     s.refresh();
     let slot = s.outbound(&dst(spi)).unwrap();
     assert_eq!(s.entry(slot).unwrap().rt.seq, 70_000);
@@ -183,11 +206,8 @@ fn a_key_installed_again_under_another_spi_resumes_above_its_earlier_use() {
     let owners = Owners::new(1);
     let (old, new) = (0x3101, 0x3102);
     let mut w = Writer::create(&t.0, "t", 64).unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes = vec![ArrayQueue::new(8)];
-    let lanes = Lanes::new(inboxes.len(), 64);
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let env = Env::new(&t, &owners, 64);
+    let mut s = env.store(0);
     let mut b = w.batch();
     b.add(&sa(old, "outbound", 0, 64)).unwrap();
     b.commit().unwrap();
@@ -197,7 +217,7 @@ fn a_key_installed_again_under_another_spi_resumes_above_its_earlier_use() {
     // The worker sent under the old SPI and reserved a block for it, as the engine does.
     let p = sa(old, "outbound", 0, 64);
     let fp = natt_engine::crypto::key_fingerprint(p.key.expose(), &p.salt);
-    assert!(dp.reservations().reserve(old, fp, 65_536));
+    assert!(env.dp.reservations().reserve(old, fp, 65_536));
     // A hand-written configuration removes it and installs the same key and salt under
     // another SPI (IKE never would): the count goes on, so no nonce repeats.
     let mut b = w.batch();
@@ -211,7 +231,7 @@ fn a_key_installed_again_under_another_spi_resumes_above_its_earlier_use() {
     let e = s.entry(slot).unwrap();
     assert_eq!((e.rt.spi, e.rt.key_fp, e.rt.seq), (new, fp, 65_536));
     // And a restarted dataplane (a fresh store) resumes there too.
-    let mut fresh = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let mut fresh = env.store(0);
     fresh.refresh();
     let slot = fresh.outbound(&dst(new)).unwrap();
     assert_eq!(fresh.entry(slot).unwrap().rt.seq, 65_536);
@@ -227,18 +247,15 @@ fn nat_updates_reach_the_worker_that_owns_the_outbound_sa() {
     b.add(&sa(theirs, "outbound", 0, 64)).unwrap();
     b.add(&sa(mine, "outbound", 0, 64)).unwrap();
     b.commit().unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(2, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes: Vec<ArrayQueue<NatUpdate>> = (0..2).map(|_| ArrayQueue::new(8)).collect();
-    let lanes = Lanes::new(inboxes.len(), 64);
-    let mut s0 = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
-    let mut s1 = ShmStore::<Ring>::new(&r, &owners, 1, dp.reservations(), &inboxes, &lanes);
+    let env = Env::new(&t, &owners, 64);
+    let mut s0 = env.store(0);
+    let mut s1 = env.store(1);
     s0.refresh();
     s1.refresh();
     let to = Endpoint { addr: "198.51.100.7".parse().unwrap(), port: 40_123 };
     // Worker 0 saw the change; the SA is worker 1's: it goes to worker 1's inbox.
     assert!(s0.follow_nat(theirs, to));
-    assert_eq!(inboxes[1].len(), 1);
+    assert_eq!(env.inboxes[1].len(), 1);
     assert_eq!(s0.loaded().count(), 0, "worker 0 must not load worker 1's SA");
     s1.apply_nat_updates();
     let slot = s1.outbound(&dst(theirs)).unwrap();
@@ -269,11 +286,8 @@ fn a_corrupt_record_is_refused_not_followed() {
         data[at] = 200;
     }
     std::fs::write(&path, &data).unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes = vec![ArrayQueue::new(8)];
-    let lanes = Lanes::new(inboxes.len(), 64);
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let env = Env::new(&t, &owners, 64);
+    let mut s = env.store(0);
     s.refresh();
     assert_eq!(s.inbound(spi), Err(DropReason::SaInvalid));
     assert_eq!(s.counters.invalid, 1);
@@ -287,11 +301,8 @@ fn rekeys_all_day_leave_the_store_bounded() {
     let t = Tmp::new("rekeys");
     let owners = Owners::new(1);
     let mut w = Writer::create(&t.0, "t", 8).unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes = vec![ArrayQueue::new(8)];
-    let lanes = Lanes::new(inboxes.len(), 64);
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let env = Env::new(&t, &owners, 64);
+    let mut s = env.store(0);
     for round in 0..200u32 {
         let spi = 0x5000 + round;
         let mut b = w.batch();
@@ -324,32 +335,29 @@ fn looking_ahead_names_the_records_a_lookup_reads_and_changes_no_result() {
         b.add(&sa(0x20000 + i, "outbound", 0, 64)).unwrap();
     }
     b.commit().unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes = vec![ArrayQueue::new(8)];
-    let lanes = Lanes::new(inboxes.len(), 64);
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
-    let snap = r.snapshot();
+    let env = Env::new(&t, &owners, 64);
+    let mut s = env.store(0);
+    let snap = env.r.snapshot();
     s.refresh();
     // The hints: where there is no collision the first bucket names the SA itself.
     let mut named = 0;
     for i in 0..n {
         let (spi, out) = (0x10000 + i, 0x20000 + i);
         let slot = s.inbound(spi).unwrap();
-        let (b, tag) = r.spi_bucket(&snap, Direction::Inbound, spi);
+        let (b, tag) = env.r.spi_bucket(&snap, Direction::Inbound, spi);
         if let Some(hint) = slot_named(b.load(Relaxed), tag) {
             named += usize::from(hint == slot);
         }
         let oslot = s.outbound(&dst(out)).unwrap();
         assert_eq!(s.entry(oslot).unwrap().rt.spi, out);
-        let (b, tag) = r.lpm_bucket(&snap, &dst(out)).unwrap();
+        let (b, tag) = env.r.lpm_bucket(&snap, &dst(out)).unwrap();
         if let Some(hint) = slot_named(b.load(Relaxed), tag) {
             named += usize::from(hint == oslot);
         }
     }
     assert!(named > n as usize, "hints named the looked-up record only {named} times of {}", 2 * n);
     assert!(s.looks_ahead(), "{} SAs loaded", s.loaded().count());
-    let (b, tag) = r.spi_bucket(&snap, Direction::Inbound, 0x9999_9999);
+    let (b, tag) = env.r.spi_bucket(&snap, Direction::Inbound, 0x9999_9999);
     assert_eq!(slot_named(b.load(Relaxed), tag), None);
     // Bursts of lookups with and without looking ahead, hostile keys among them.
     let mut absent = 0;
@@ -394,11 +402,8 @@ fn the_builder_makes_each_workers_sas_off_its_core_and_frees_what_it_gives_back(
         b.add(&sa(s, "outbound", 0, 64)).unwrap();
     }
     b.commit().unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(2, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes: Vec<ArrayQueue<NatUpdate>> = (0..2).map(|_| ArrayQueue::new(8)).collect();
-    let lanes = Lanes::new(2, 64);
-    let mut builder = Builder::<Ring>::new(&r, &owners, &lanes);
+    let env = Env::new(&t, &owners, 64);
+    let mut builder = env.builder();
     build_all(&mut builder);
     let mut b = w.batch();
     for &s in &spis[8..] {
@@ -409,15 +414,14 @@ fn the_builder_makes_each_workers_sas_off_its_core_and_frees_what_it_gives_back(
     build_all(&mut builder);
     assert_eq!((builder.counters.built, builder.counters.scans), (16, 1));
     let mine = |wk: usize| spis.iter().filter(|&&s| owners.of_spi(s) == wk).count();
-    assert_eq!((lanes.waiting(0), lanes.waiting(1)), (mine(0), mine(1)), "each state went to its SA's owner");
+    assert_eq!((env.lanes.waiting(0), env.lanes.waiting(1)), (mine(0), mine(1)), "each state went to its SA's owner");
     assert!(mine(0) > 0 && mine(1) > 0);
 
-    let mut stores: Vec<_> =
-        (0..2).map(|wk| ShmStore::<Ring>::new(&r, &owners, wk, dp.reservations(), &inboxes, &lanes)).collect();
+    let mut stores: Vec<_> = (0..2).map(|wk| env.store(wk)).collect();
     for (wk, s) in stores.iter_mut().enumerate() {
         s.refresh();
         s.take_prepared();
-        assert_eq!(lanes.waiting(wk), 0);
+        assert_eq!(env.lanes.waiting(wk), 0);
         for &spi in spis.iter().filter(|&&x| owners.of_spi(x) == wk) {
             let slot = s.outbound(&dst(spi)).unwrap();
             assert_eq!(s.entry(slot).unwrap().rt.spi, spi);
@@ -455,13 +459,10 @@ fn a_first_packet_before_the_builder_builds_on_the_worker_and_the_late_state_goe
     let owners = Owners::new(1);
     let spi = 0x5001;
     let mut w = Writer::create(&t.0, "t", 64).unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes = vec![ArrayQueue::new(8)];
-    let lanes = Lanes::new(1, 64);
-    let mut builder = Builder::<Ring>::new(&r, &owners, &lanes);
+    let env = Env::new(&t, &owners, 64);
+    let mut builder = env.builder();
     build_all(&mut builder);
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let mut s = env.store(0);
     let mut b = w.batch();
     b.add(&sa(spi, "inbound", 0, 0)).unwrap();
     b.commit().unwrap();
@@ -472,7 +473,7 @@ fn a_first_packet_before_the_builder_builds_on_the_worker_and_the_late_state_goe
     s.entry_mut(slot).unwrap().rt.stats.packets = 5;
     // The builder's state arrives after: the worker keeps its own and gives it back.
     build_all(&mut builder);
-    assert_eq!(lanes.waiting(0), 1);
+    assert_eq!(env.lanes.waiting(0), 1);
     s.take_prepared();
     assert_eq!(s.inbound(spi), Ok(slot));
     assert_eq!(s.entry(slot).unwrap().rt.stats.packets, 5, "the live state stays");
@@ -486,13 +487,10 @@ fn a_full_lane_holds_the_builder_back_without_losing_a_state() {
     let t = Tmp::new("full");
     let owners = Owners::new(1);
     let mut w = Writer::create(&t.0, "t", 64).unwrap();
-    let r = Reader::attach(&t.0, "t").unwrap();
-    let dp = DpSegment::open_or_create(&t.0, "t", DpLayout::new(1, 64, 1024).unwrap(), 0).unwrap();
-    let inboxes = vec![ArrayQueue::new(8)];
-    let lanes = Lanes::new(1, 2);
-    let mut builder = Builder::<Ring>::new(&r, &owners, &lanes);
+    let env = Env::new(&t, &owners, 2);
+    let mut builder = env.builder();
     build_all(&mut builder);
-    let mut s = ShmStore::<Ring>::new(&r, &owners, 0, dp.reservations(), &inboxes, &lanes);
+    let mut s = env.store(0);
     let spis = 0x6000..0x6005u32;
     let mut b = w.batch();
     for spi in spis.clone() {
@@ -500,7 +498,7 @@ fn a_full_lane_holds_the_builder_back_without_losing_a_state() {
     }
     b.commit().unwrap();
     assert_eq!(builder.step(64), 3, "two in the lane, one held back");
-    assert_eq!(lanes.waiting(0), 2);
+    assert_eq!(env.lanes.waiting(0), 2);
     assert!(!builder.can_proceed() && !builder.idle(), "its worker's lane is full");
     assert_eq!(builder.step(64), 0);
     let mut rounds = 0;

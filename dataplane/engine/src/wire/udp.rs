@@ -69,12 +69,6 @@ pub fn emit_header(h: &mut [u8; HEADER_LEN], src_port: u16, dst_port: u16, len: 
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    pub fn emit(&mut self, src_port: u16, dst_port: u16, len: u16) {
-        if let Some(h) = self.buffer.as_mut().first_chunk_mut::<HEADER_LEN>() {
-            emit_header(h, src_port, dst_port, len);
-        }
-    }
-
     pub fn set_checksum(&mut self, c: u16) {
         put16(self.buffer.as_mut(), field::CHECKSUM, c);
     }
@@ -94,7 +88,7 @@ mod tests {
     #[test]
     fn parse_and_emit() {
         let mut b = [0u8; 12];
-        Packet::new_unchecked(&mut b[..]).emit(4500, 4501, 12);
+        emit_header(b.first_chunk_mut().unwrap(), 4500, 4501, 12);
         let p = Packet::new_checked(&b[..]).unwrap();
         assert_eq!((p.src_port(), p.dst_port(), p.len(), p.checksum()), (4500, 4501, 12, 0));
         assert_eq!(p.payload().len(), 4);
