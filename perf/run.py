@@ -188,11 +188,11 @@ class Lab:
         os.makedirs(self.shm)
         self.tsc_hz = None
 
-    def control(self, name, sas, capacity):
+    def control(self, name, sas, capacity, bin_dir=None):
         path = os.path.join(self.work, f"{name}.json")
         with open(path, "w") as f:
             json.dump({"version": 1, "sas": sas}, f)
-        sh([os.path.join(BIN, "natt-control"), "--name", name, "--shm-dir", self.shm, "--state-dir", self.work,
+        sh([os.path.join(bin_dir or BIN, "natt-control"), "--name", name, "--shm-dir", self.shm, "--state-dir", self.work,
             "apply", path, "--grace", "0", "--capacity", str(capacity)])
 
     def dataplane(self, lcores, vdevs, name, mbufs, seconds, extra=(), bin_dir=None):
@@ -334,7 +334,11 @@ def alternate(lab, args, sizes, variants, a, b):
     dut_off, _, mirror = configs(n)
     with open(os.path.join(lab.work, f"mirror-{n}.json"), "w") as f:
         json.dump({"version": 1, "sas": mirror}, f)
-    lab.control(f"dut{n}", dut_off, 1 << max(12, (4 * n + 1024).bit_length()))
+    # Each build gets a table made by its own natt-control (the shared-memory layout may
+    # differ between builds).
+    table = {v: f"dut{n}" if d is None else f"dut{n}-{v}" for v, (d, _) in variants.items()}
+    for name, d in {table[v]: d for v, (d, _) in variants.items()}.items():
+        lab.control(name, dut_off, 1 << max(12, (4 * n + 1024).bit_length()), d)
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "host": os.uname().nodename, "cpu": cpu_model(), "seconds": args.seconds, "rounds": args.rounds,
                "sas": n, "variants": [a, b], "rows": []}
@@ -347,7 +351,7 @@ def alternate(lab, args, sizes, variants, a, b):
             for r in range(args.rounds):
                 for v in ((a, b) if r % 2 == 0 else (b, a)):
                     bin_dir, extra = variants[v]
-                    cmd, st = lab.dataplane("0-1", vdevs, f"dut{n}", mbufs, args.seconds, extra, bin_dir)
+                    cmd, st = lab.dataplane("0-1", vdevs, table[v], mbufs, args.seconds, extra, bin_dir)
                     got = parse_rates(lab.run_dut(cmd, st), which)
                     if got:
                         runs[v].append(got)

@@ -121,6 +121,10 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// Apply NAT endpoint changes other workers found for SAs this worker owns.
     #[inline]
     pub fn apply_nat_updates(&mut self) {
+        // `is_empty` is two loads; `pop` on an empty queue also fences.
+        if self.inboxes[self.me].is_empty() {
+            return;
+        }
         while let Some((spi, to)) = self.inboxes[self.me].pop() {
             self.follow_local(spi, to);
         }
@@ -129,7 +133,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// Take up what the builder made for this worker (a bounded number per call).
     #[inline]
     pub fn take_prepared(&mut self) {
-        let Some(lane) = self.lanes.ready.get(self.me) else { return };
+        let Some(lane) = self.lanes.ready.get(self.me).filter(|l| !l.is_empty()) else { return };
         for _ in 0..TAKE_PER_LOOP {
             let Some(b) = lane.pop() else { return };
             let slot = b.slot as usize;
