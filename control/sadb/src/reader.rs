@@ -203,6 +203,14 @@ impl Reader {
         self.db.record(slot).map(|r| r.spi.load(Relaxed))
     }
 
+    /// The direction of the record in `slot`, from its flags (no decoding; untrusted).
+    #[inline]
+    pub fn direction(&self, slot: u32) -> Option<Direction> {
+        self.db
+            .record(slot)
+            .map(|r| if r.flags.load(Relaxed) & flag::OUTBOUND != 0 { Direction::Outbound } else { Direction::Inbound })
+    }
+
     /// The uid now in `slot` (to check a cached runtime against).
     #[inline]
     pub fn uid(&self, slot: u32) -> Option<u64> {

@@ -97,6 +97,22 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
         );
     }
 
+    // The SA builder: SAs' runtime state made off the workers' cores (see `prepare`).
+    let builder = {
+        let sh = sh.clone();
+        std::thread::Builder::new()
+            .name("natt-builder".into())
+            .spawn(move || build_sas(&sh))
+            .map_err(|e| format!("starting the SA builder thread: {e}"))?
+    };
+    // Let it prepare the SAs installed now before the first packet (about a second per
+    // 200,000 SAs on the test VM; past 30 s, or a million SAs per worker, the rest follows
+    // while the workers run). --duration counts from the end of this wait.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !sh.builder_ready.load(Ordering::SeqCst) && !signalled.load(Ordering::SeqCst) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
     let started = Instant::now();
     // The monitor: signals, --duration, --idle-exit, --stats-period. A plain thread, not an
     // lcore: it only reads the counters the workers publish.
@@ -109,21 +125,6 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
             .spawn(move || monitor(&sh, &args, &signalled, started))
             .map_err(|e| format!("starting the monitor thread: {e}"))?
     };
-
-    // The SA builder: SAs' runtime state made off the workers' cores (see `prepare`).
-    let builder = {
-        let sh = sh.clone();
-        std::thread::Builder::new()
-            .name("natt-builder".into())
-            .spawn(move || build_sas(&sh))
-            .map_err(|e| format!("starting the SA builder thread: {e}"))?
-    };
-    // Let it prepare the SAs installed now before the first packet (a few seconds at
-    // most: a huge table's remainder follows while the workers run).
-    let until = Instant::now() + Duration::from_secs(5);
-    while !sh.builder_ready.load(Ordering::SeqCst) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(1));
-    }
 
     let mut failed = Vec::new();
     if inline {
@@ -285,9 +286,17 @@ fn check_segments(sh: &setup::Shared, args: &Args, seen: &mut [bool; 2]) {
 fn build_sas(sh: &setup::Shared) -> natt_dataplane::prepare::BuilderCounters {
     pin_monitor(sh);
     let mut b = natt_dataplane::prepare::Builder::<natt_engine::crypto::Ring>::new(&sh.reader, &sh.owners, &sh.lanes);
+    let started = Instant::now();
     while !sh.stop.load(Ordering::SeqCst) {
         if b.step(256) == 0 && !b.can_proceed() {
-            sh.builder_ready.store(true, Ordering::SeqCst);
+            if !sh.builder_ready.swap(true, Ordering::SeqCst) {
+                println!(
+                    "natt-dataplane: SA builder: {} SA states prepared in {} ms{}",
+                    b.counters.built,
+                    started.elapsed().as_millis(),
+                    if b.idle() { "" } else { " (a worker's lane is full: the rest follows)" }
+                );
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
     }

@@ -11,7 +11,7 @@
 
 use crossbeam_queue::ArrayQueue;
 use natt_engine::crypto::Backend;
-use natt_engine::sa::{SaEntry, SaRuntime};
+use natt_engine::sa::{Direction, SaEntry, SaRuntime};
 use natt_sadb::Reader;
 
 use crate::dispatch::Owners;
@@ -47,9 +47,14 @@ pub struct Lanes<K> {
 impl<K> Lanes<K> {
     /// Lanes for `workers` workers, each holding up to `depth` states either way.
     pub fn new(workers: usize, depth: usize) -> Self {
+        Self::with_depths(workers, depth, depth)
+    }
+
+    /// Lanes `ready` deep towards the workers, `spent` deep back.
+    pub fn with_depths(workers: usize, ready: usize, spent: usize) -> Self {
         Lanes {
-            ready: (0..workers).map(|_| ArrayQueue::new(depth)).collect(),
-            spent: (0..workers).map(|_| ArrayQueue::new(depth)).collect(),
+            ready: (0..workers).map(|_| ArrayQueue::new(ready.max(1))).collect(),
+            spent: (0..workers).map(|_| ArrayQueue::new(spent.max(1))).collect(),
         }
     }
 
@@ -78,8 +83,10 @@ pub struct Builder<'a, B: Backend> {
     lanes: &'a Lanes<B::Key>,
     /// The next journal entry to read.
     pos: u64,
-    /// A whole-table scan under way: the next slot.
-    scan_at: Option<u32>,
+    /// A whole-table scan under way: the next position, `capacity` per direction
+    /// (inbound SAs, then outbound: each direction's states are allocated together and
+    /// in table order, which is also the order traffic tends to name them in).
+    scan_at: Option<u64>,
     /// A state whose worker's lane was full: sent first at the next step.
     stalled: Option<(usize, Box<Built<B::Key>>)>,
     pub counters: BuilderCounters,
@@ -147,13 +154,20 @@ impl<'a, B: Backend> Builder<'a, B> {
     /// for a slot or journal entry with nothing to build.
     fn next_record(&mut self) -> Option<Option<(u32, u64)>> {
         if let Some(at) = self.scan_at {
-            if at >= self.reader.db().capacity() {
+            let capacity = u64::from(self.reader.db().capacity());
+            if at >= 2 * capacity {
                 self.scan_at = None;
                 return Some(None);
             }
             self.scan_at = Some(at + 1);
-            let uid = self.reader.uid(at)?;
-            return Some(self.reader.is_live(at, journal_uid(uid)).then_some((at, uid)));
+            let (want, slot) =
+                if at < capacity { (Direction::Inbound, at) } else { (Direction::Outbound, at - capacity) };
+            let slot = slot as u32;
+            if self.reader.direction(slot) != Some(want) {
+                return Some(None);
+            }
+            let uid = self.reader.uid(slot)?;
+            return Some(self.reader.is_live(slot, journal_uid(uid)).then_some((slot, uid)));
         }
         let head = self.reader.journal_head();
         if self.pos >= head {

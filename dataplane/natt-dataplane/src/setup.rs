@@ -123,8 +123,8 @@ pub struct Shared {
     pub inboxes: Vec<ArrayQueue<NatUpdate>>,
     /// Between the SA builder and the workers.
     pub lanes: Lanes<<natt_engine::crypto::Ring as natt_engine::crypto::Backend>::Key>,
-    /// Set by the SA builder once its first scan is handed on (or the lanes are full):
-    /// workers start polling then, with the SAs installed at start ready.
+    /// Set by the SA builder once it has handed on all it can (its first scan, unless a
+    /// lane is full): workers start polling then, with the SAs installed at start ready.
     pub builder_ready: AtomicBool,
     /// Set to stop: workers stop reading ports, drain what other workers hand them, and
     /// return.
@@ -388,6 +388,9 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
     };
     engine.reassembly.slots = args.reassembly_slots;
     engine.reassembly.timeout_ns = (args.reassembly_timeout * 1e9) as u64;
+    // Deep enough towards the workers that the builder can prepare a whole table of up to
+    // a million SAs before they start (16 bytes a place), the rest as they run.
+    let ready_depth = (reader.db().capacity() as usize).clamp(LANE_DEPTH, 1 << 20);
     Ok(Shared {
         cfg: Config {
             burst: usize::from(args.burst),
@@ -404,7 +407,7 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
         pool,
         rings: ring_list,
         inboxes: (0..workers).map(|_| ArrayQueue::new(1024)).collect(),
-        lanes: Lanes::new(workers, LANE_DEPTH),
+        lanes: Lanes::with_depths(workers, ready_depth, LANE_DEPTH),
         builder_ready: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         rx_stopped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
@@ -415,7 +418,8 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
     })
 }
 
-/// SA states in flight between the builder and one worker, either way.
+/// SA states in flight between the builder and one worker: at least this many towards
+/// it, this many back.
 const LANE_DEPTH: usize = 4096;
 
 /// Stop and close every port (net_pcap flushes its files).

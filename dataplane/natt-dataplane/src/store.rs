@@ -58,8 +58,8 @@ pub struct StoreCounters {
     pub freed_here: u64,
 }
 
-/// Built states taken from the builder's lane per loop, at most.
-const TAKE_PER_LOOP: usize = 32;
+/// Built states taken from the builder's lane per loop, at most (`take_prepared`).
+pub const TAKE_PER_LOOP: usize = 32;
 
 pub struct ShmStore<'a, B: Backend> {
     reader: &'a Reader,
@@ -130,11 +130,12 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         }
     }
 
-    /// Take up what the builder made for this worker (a bounded number per call).
+    /// Take up what the builder made for this worker, `at_most` states (the loop takes
+    /// `TAKE_PER_LOOP`; a worker about to start polling takes all there is).
     #[inline]
-    pub fn take_prepared(&mut self) {
+    pub fn take_prepared(&mut self, at_most: usize) {
         let Some(lane) = self.lanes.ready.get(self.me).filter(|l| !l.is_empty()) else { return };
-        for _ in 0..TAKE_PER_LOOP {
+        for _ in 0..at_most {
             let Some(b) = lane.pop() else { return };
             let slot = b.slot as usize;
             let current = self.cache.get(slot).is_some_and(|c| c.as_ref().is_some_and(|c| c.uid == b.uid));

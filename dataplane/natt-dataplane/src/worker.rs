@@ -101,7 +101,9 @@ struct Worker<'a> {
 pub fn run(sh: &Shared, me: usize) -> i32 {
     let lcore = sh.plans[me].lcore;
     sh.dp.register_worker(me, lcore, || sh.reader.snapshot().generation);
-    let store = ShmStore::new(&sh.reader, &sh.owners, me, sh.dp.reservations(), &sh.inboxes, &sh.lanes);
+    let mut store = ShmStore::new(&sh.reader, &sh.owners, me, sh.dp.reservations(), &sh.inboxes, &sh.lanes);
+    // Before the first poll: every state the builder made for us so far.
+    store.take_prepared(usize::MAX);
     let mut w = Worker {
         sh,
         me,
@@ -218,7 +220,7 @@ impl<'a> Worker<'a> {
         let generation = self.engine.store_mut().refresh();
         self.sh.dp.quiescent(self.me, generation, self.host.now_wall_ns);
         self.engine.store_mut().apply_nat_updates();
-        self.engine.store_mut().take_prepared();
+        self.engine.store_mut().take_prepared(crate::store::TAKE_PER_LOOP);
         let q = self.sh.dp.query(self.me);
         if let Some((ticket, dir, spi)) = natt_sadb::query::pending(q) {
             natt_sadb::query::answer(q, ticket, self.engine.store().runtime(dir, spi));

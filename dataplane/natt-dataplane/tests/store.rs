@@ -420,7 +420,7 @@ fn the_builder_makes_each_workers_sas_off_its_core_and_frees_what_it_gives_back(
     let mut stores: Vec<_> = (0..2).map(|wk| env.store(wk)).collect();
     for (wk, s) in stores.iter_mut().enumerate() {
         s.refresh();
-        s.take_prepared();
+        s.take_prepared(usize::MAX);
         assert_eq!(env.lanes.waiting(wk), 0);
         for &spi in spis.iter().filter(|&&x| owners.of_spi(x) == wk) {
             let slot = s.outbound(&dst(spi)).unwrap();
@@ -442,7 +442,7 @@ fn the_builder_makes_each_workers_sas_off_its_core_and_frees_what_it_gives_back(
     assert_eq!(builder.counters.built, 17);
     let s = &mut stores[wk];
     s.refresh();
-    s.take_prepared();
+    s.take_prepared(usize::MAX);
     let slot2 = s.outbound(&dst(spi)).unwrap();
     assert_ne!(slot, slot2);
     let e = s.entry(slot2).unwrap();
@@ -467,14 +467,14 @@ fn a_first_packet_before_the_builder_builds_on_the_worker_and_the_late_state_goe
     b.add(&sa(spi, "inbound", 0, 0)).unwrap();
     b.commit().unwrap();
     s.refresh();
-    s.take_prepared();
+    s.take_prepared(usize::MAX);
     let slot = s.inbound(spi).unwrap();
     assert_eq!((s.counters.loads, s.counters.built_here), (1, 1));
     s.entry_mut(slot).unwrap().rt.stats.packets = 5;
     // The builder's state arrives after: the worker keeps its own and gives it back.
     build_all(&mut builder);
     assert_eq!(env.lanes.waiting(0), 1);
-    s.take_prepared();
+    s.take_prepared(usize::MAX);
     assert_eq!(s.inbound(spi), Ok(slot));
     assert_eq!(s.entry(slot).unwrap().rt.stats.packets, 5, "the live state stays");
     builder.step(64);
@@ -503,12 +503,12 @@ fn a_full_lane_holds_the_builder_back_without_losing_a_state() {
     assert_eq!(builder.step(64), 0);
     let mut rounds = 0;
     while !builder.idle() {
-        s.take_prepared();
+        s.take_prepared(usize::MAX);
         builder.step(64);
         rounds += 1;
         assert!(rounds < 10);
     }
-    s.take_prepared();
+    s.take_prepared(usize::MAX);
     s.refresh();
     for spi in spis {
         assert!(s.inbound(spi).is_ok(), "SPI {spi:x}");
