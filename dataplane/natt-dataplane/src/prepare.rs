@@ -58,6 +58,12 @@ impl<K> Lanes<K> {
         }
     }
 
+    /// The next state built for worker `w`, taken off its lane (what the worker's store
+    /// does; for inspection).
+    pub fn take(&self, w: usize) -> Option<Box<Built<K>>> {
+        self.ready.get(w)?.pop()
+    }
+
     /// States built and not yet taken by worker `w`.
     pub fn waiting(&self, w: usize) -> usize {
         self.ready.get(w).map_or(0, ArrayQueue::len)
@@ -109,9 +115,10 @@ impl<'a, B: Backend> Builder<'a, B> {
         }
     }
 
-    /// Free what workers handed back, then build up to `budget` states. Returns how many
-    /// were built; 0 means nothing is pending, or the lane of the worker next in line is
-    /// full (try again later).
+    /// Free what workers handed back, then build up to `budget` states (looking at up to
+    /// `SCAN_RATIO` times as many slots of a scan). Returns how many were built; when
+    /// that is 0 and `can_proceed` is false, there is nothing to do until the table
+    /// changes or a worker takes from its full lane.
     pub fn step(&mut self, budget: usize) -> usize {
         for lane in &self.lanes.spent {
             while let Some(b) = lane.pop() {

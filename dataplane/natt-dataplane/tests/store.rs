@@ -515,3 +515,24 @@ fn a_full_lane_holds_the_builder_back_without_losing_a_state() {
     }
     assert_eq!((builder.counters.built, s.counters.loads, s.counters.built_here), (5, 5, 0));
 }
+
+#[test]
+fn the_first_scan_prepares_inbound_sas_before_outbound_ones() {
+    let t = Tmp::new("order");
+    let owners = Owners::new(1);
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    // Installed interleaved, as a configuration lists a client's two SAs together.
+    let mut b = w.batch();
+    for i in 0..6u32 {
+        b.add(&sa(0x7000 + i, "inbound", 0, 0)).unwrap();
+        b.add(&sa(0x7100 + i, "outbound", 0, 64)).unwrap();
+    }
+    b.commit().unwrap();
+    let env = Env::new(&t, &owners, 64);
+    let mut builder = env.builder();
+    build_all(&mut builder);
+    let order: Vec<_> = std::iter::from_fn(|| env.lanes.take(0)).map(|b| b.entry().rt.direction).collect();
+    let want: Vec<_> = [Direction::Inbound; 6].into_iter().chain([Direction::Outbound; 6]).collect();
+    assert_eq!(order, want, "each direction's states built, and so allocated, together");
+    assert_eq!(builder.counters.built, 12);
+}
