@@ -29,6 +29,21 @@ pub const JOURNAL_LEN: usize = 1 << 16;
 /// Bits of a journal entry that hold the slot (`MAX_CAPACITY` is `1 << 24`).
 pub const JOURNAL_SLOT_BITS: u32 = 24;
 
+/// A journal entry naming the record with `uid` in `slot`.
+pub fn journal_word(slot: u32, uid: u64) -> u64 {
+    uid << JOURNAL_SLOT_BITS | u64::from(slot)
+}
+
+/// The slot a journal entry names, and its uid as the entry holds it (`journal_uid`).
+pub fn journal_parts(w: u64) -> (u32, u64) {
+    ((w & ((1 << JOURNAL_SLOT_BITS) - 1)) as u32, w >> JOURNAL_SLOT_BITS)
+}
+
+/// A record's uid as a journal entry holds it: its low 40 bits.
+pub fn journal_uid(uid: u64) -> u64 {
+    uid & (u64::MAX >> JOURNAL_SLOT_BITS)
+}
+
 /// A table or record slot is empty.
 pub const EMPTY: u64 = 0;
 /// Low half of a removed index entry.

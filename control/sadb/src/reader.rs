@@ -223,9 +223,9 @@ impl Reader {
         self.db.header().journal_head.load(Acquire)
     }
 
-    /// The `n`th record added, as (slot, uid), if the journal still holds it (the writer
-    /// overwrites entries `JOURNAL_LEN` behind its head). Untrusted like everything here:
-    /// the caller checks the record's uid before use.
+    /// The `n`th record added, as (slot, uid as `journal_uid` gives it), if the journal
+    /// still holds it (the writer overwrites entries `JOURNAL_LEN` behind its head).
+    /// Untrusted like everything here: the caller checks the record's uid before use.
     pub fn journal_entry(&self, n: u64) -> Option<(u32, u64)> {
         let head = self.journal_head();
         if n >= head || head - n > JOURNAL_LEN as u64 {
@@ -236,15 +236,13 @@ impl Reader {
         if self.journal_head() - n > JOURNAL_LEN as u64 {
             return None;
         }
-        Some(((e & ((1 << JOURNAL_SLOT_BITS) - 1)) as u32, e >> JOURNAL_SLOT_BITS))
+        Some(journal_parts(e))
     }
 
     /// Whether `slot` holds a live record (visible now, or in a batch about to be
-    /// published) whose uid is `uid` as a journal entry gives it (its low 40 bits).
+    /// published) with this uid.
     pub fn is_live(&self, slot: u32, uid: u64) -> bool {
-        self.db.record(slot).is_some_and(|r| {
-            r.state.load(Acquire) == state::LIVE && r.uid.load(Acquire) & (u64::MAX >> JOURNAL_SLOT_BITS) == uid
-        })
+        self.db.record(slot).is_some_and(|r| r.state.load(Acquire) == state::LIVE && r.uid.load(Acquire) == uid)
     }
 
     /// Decode and validate the SA in `slot`. The record is untrusted: any inconsistency

@@ -755,7 +755,7 @@ impl Batch<'_> {
         // first packet; one rolled back is never found under this uid).
         let h = self.w.db.header();
         let n = h.journal_head.load(Relaxed);
-        self.w.db.journal()[n as usize % JOURNAL_LEN].store(uid << JOURNAL_SLOT_BITS | u64::from(slot), Release);
+        self.w.db.journal()[n as usize % JOURNAL_LEN].store(journal_word(slot, uid), Release);
         h.journal_head.store(n + 1, Release);
         self.added.push(slot);
         self.overlay.insert((p.direction, p.spi), Some(slot));

@@ -10,9 +10,10 @@
 //! its state arrives builds it itself, and counts it (`sa_built_here`).
 
 use crossbeam_queue::ArrayQueue;
-use natt_engine::crypto::Backend;
-use natt_engine::sa::{Direction, SaEntry, SaRuntime};
+use natt_engine::crypto::{AeadKey, Backend};
+use natt_engine::sa::{Direction, SaEntry, SaParams, SaRuntime};
 use natt_sadb::Reader;
+use natt_sadb::layout::journal_uid;
 
 use crate::dispatch::Owners;
 
@@ -21,6 +22,15 @@ pub struct Built<K> {
     pub(crate) slot: u32,
     pub(crate) uid: u64,
     pub(crate) entry: SaEntry<K>,
+}
+
+impl<K: AeadKey> Built<K> {
+    /// The runtime state of SA `p`, read from the record with `uid` in `slot`; `None`
+    /// if its key cannot be expanded.
+    pub fn new<B: Backend<Key = K>>(slot: u32, uid: u64, p: SaParams) -> Option<Box<Self>> {
+        let rt = SaRuntime::new::<B>(&p).ok()?;
+        Some(Box::new(Built { slot, uid, entry: SaEntry { rt, params: Box::new(p) } }))
+    }
 }
 
 impl<K> Built<K> {
@@ -148,13 +158,18 @@ impl<'a, B: Backend> Builder<'a, B> {
 
     /// Whether every record seen so far has been handed on.
     pub fn idle(&self) -> bool {
-        self.stalled.is_none() && self.scan_at.is_none() && self.pos >= self.reader.journal_head()
+        self.stalled.is_none() && !self.records_ahead()
     }
 
     /// Whether a step now could get on: records to look at, and no worker's full lane in
     /// the way.
     pub fn can_proceed(&self) -> bool {
-        self.stalled.is_none() && (self.scan_at.is_some() || self.pos < self.reader.journal_head())
+        self.stalled.is_none() && self.records_ahead()
+    }
+
+    /// Whether a scan is under way or the journal has entries not yet read.
+    fn records_ahead(&self) -> bool {
+        self.scan_at.is_some() || self.pos < self.reader.journal_head()
     }
 
     /// The next record to consider: `None` when there is nothing more now, `Some(None)`
@@ -174,7 +189,7 @@ impl<'a, B: Backend> Builder<'a, B> {
                 return Some(None);
             }
             let uid = self.reader.uid(slot)?;
-            return Some(self.reader.is_live(slot, journal_uid(uid)).then_some((slot, uid)));
+            return Some(self.reader.is_live(slot, uid).then_some((slot, uid)));
         }
         let head = self.reader.journal_head();
         if self.pos >= head {
@@ -183,8 +198,8 @@ impl<'a, B: Backend> Builder<'a, B> {
         match self.reader.journal_entry(self.pos) {
             Some((slot, uid40)) => {
                 self.pos += 1;
-                let uid = self.reader.uid(slot).filter(|&u| journal_uid(u) == uid40);
-                Some(uid.filter(|_| self.reader.is_live(slot, uid40)).map(|u| (slot, u)))
+                let uid = self.reader.uid(slot).filter(|&u| journal_uid(u) == uid40 && self.reader.is_live(slot, u));
+                Some(uid.map(|u| (slot, u)))
             }
             None => {
                 // Overwritten before we read it: whatever was added since may be
@@ -199,12 +214,13 @@ impl<'a, B: Backend> Builder<'a, B> {
 
     /// Build the state of the record in `slot` and send it to its worker.
     fn build(&mut self, slot: u32, uid: u64) -> bool {
-        let built = self.reader.decode(slot).ok().and_then(|p| {
-            let rt = SaRuntime::new::<B>(&p).ok()?;
+        let built = self
+            .reader
+            .decode(slot)
+            .ok()
+            .and_then(|p| Built::new::<B>(slot, uid, p))
             // Read again: a record rewritten under us has another uid.
-            (self.reader.uid(slot) == Some(uid) && self.reader.is_live(slot, journal_uid(uid)))
-                .then(|| Box::new(Built { slot, uid, entry: SaEntry { rt, params: Box::new(p) } }))
-        });
+            .filter(|_| self.reader.is_live(slot, uid));
         let Some(b) = built else {
             self.counters.skipped += 1;
             return false;
@@ -216,9 +232,4 @@ impl<'a, B: Backend> Builder<'a, B> {
         }
         true
     }
-}
-
-/// A record's uid as the journal holds it.
-fn journal_uid(uid: u64) -> u64 {
-    uid & (u64::MAX >> natt_sadb::layout::JOURNAL_SLOT_BITS)
 }

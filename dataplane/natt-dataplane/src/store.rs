@@ -204,7 +204,13 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     #[cold]
     fn load(&mut self, f: Found, dir: Direction) -> Result<u32, DropReason> {
         let mut b = match self.prepared.get_mut(f.slot as usize).and_then(Option::take) {
-            Some(b) if b.uid == f.uid && b.entry.rt.direction == dir => b,
+            Some(b) if b.uid == f.uid && b.entry.rt.direction == dir => {
+                if self.owners.of_spi(b.entry.rt.spi) != self.me {
+                    self.give_back(b);
+                    return Err(DropReason::NotOwner);
+                }
+                b
+            }
             other => {
                 if let Some(o) = other {
                     self.give_back(o);
@@ -212,10 +218,6 @@ impl<'a, B: Backend> ShmStore<'a, B> {
                 self.build_here(f, dir)?
             }
         };
-        if self.owners.of_spi(b.entry.rt.spi) != self.me {
-            self.give_back(b);
-            return Err(DropReason::NotOwner);
-        }
         let (spi, fp) = (b.entry.rt.spi, b.entry.rt.key_fp);
         // The same SA before a replace (or still in this slot): keep its running state
         // if the key is the same; a new key starts afresh.
@@ -272,12 +274,12 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         if self.owners.of_spi(p.spi) != self.me {
             return Err(DropReason::NotOwner);
         }
-        let Ok(rt) = SaRuntime::new::<B>(&p) else {
+        let Some(b) = Built::new::<B>(f.slot, f.uid, p) else {
             self.counters.invalid += 1;
             return Err(DropReason::SaInvalid);
         };
         self.counters.built_here += 1;
-        Ok(Box::new(Built { slot: f.slot, uid: f.uid, entry: SaEntry { rt, params: Box::new(p) } }))
+        Ok(b)
     }
 
     fn follow_local(&mut self, spi: u32, to: Endpoint) -> bool {
