@@ -536,3 +536,48 @@ fn the_first_scan_prepares_inbound_sas_before_outbound_ones() {
     assert_eq!(order, want, "each direction's states built, and so allocated, together");
     assert_eq!(builder.counters.built, 12);
 }
+
+#[test]
+fn a_hostile_journal_builds_nothing_wrong_and_loses_no_sa() {
+    use natt_sadb::layout::{JOURNAL_LEN, KEY_LEN_OFFSET, RECORD_SIZE, SadbHeader, SadbLayout, journal_word};
+    use std::io::{Seek, SeekFrom, Write};
+    let t = Tmp::new("journal");
+    let owners = Owners::new(1);
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let env = Env::new(&t, &owners, 64);
+    let mut builder = env.builder();
+    build_all(&mut builder);
+    let spis = [0x8001, 0x8002, 0x8003];
+    let mut b = w.batch();
+    for spi in spis {
+        b.add(&sa(spi, "inbound", 0, 0)).unwrap();
+    }
+    b.commit().unwrap();
+    let snap = env.r.snapshot();
+    let found: Vec<_> = spis.iter().map(|&s| env.r.inbound(&snap, s).unwrap()).collect();
+    // Another process writes the segment: the first entry names a slot past the table,
+    // the second the right slot with another uid, the third is right but its record's
+    // key length is impossible; two more entries of garbage follow.
+    let layout = SadbLayout::for_capacity(64).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(t.0.join("t.sadb")).unwrap();
+    let mut put = |at: usize, bytes: &[u8]| {
+        f.seek(SeekFrom::Start(at as u64)).unwrap();
+        f.write_all(bytes).unwrap();
+    };
+    let words = [journal_word(0xff_ffff, found[0].uid), journal_word(found[1].slot, found[1].uid + 7), u64::MAX, 0];
+    for (i, word) in [(0, words[0]), (1, words[1]), (3, words[2]), (4, words[3])] {
+        put(layout.journal + 8 * (i % JOURNAL_LEN), &word.to_ne_bytes());
+    }
+    put(layout.records + found[2].slot as usize * RECORD_SIZE + KEY_LEN_OFFSET, &[200]);
+    put(core::mem::offset_of!(SadbHeader, journal_head), &5u64.to_ne_bytes());
+    build_all(&mut builder);
+    assert_eq!((builder.counters.built, builder.counters.skipped), (0, 1), "only the corrupt record was tried");
+    assert_eq!(env.lanes.waiting(0), 0);
+    // The two sound SAs still work: their first packets build them on the worker.
+    let mut s = env.store(0);
+    s.refresh();
+    s.take_prepared(usize::MAX);
+    assert!(s.inbound(spis[0]).is_ok() && s.inbound(spis[1]).is_ok());
+    assert_eq!(s.inbound(spis[2]), Err(DropReason::SaInvalid));
+    assert_eq!((s.counters.built_here, s.counters.invalid), (2, 1));
+}
