@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The dataplane perf lab: decap and encap Mpps per worker core on virtual ports, next to
-testpmd io-forward on the same ports and raw `ring` seal/open, all in one run.
+testpmd io-forward on the same ports and raw `ring` and intel-ipsec-mb seal/open, all in one run.
 
     sudo .venv/bin/python perf/run.py                  # full matrix, about 6 minutes
     sudo .venv/bin/python perf/run.py --quick          # 64 and 1420 bytes, 1 and 1000 SAs
@@ -21,7 +21,7 @@ median Mpps, and the worker's busy TSC cycles per packet give its capacity (what
 core would do if the source were never the limit: the decap+ar source is our own
 encapsulation on the machine's other core, and may be slower than the dataplane).
 testpmd io-forward runs on the same ports (its Mpps is what the virtual ports alone
-cost), and natt-ringbench gives raw ring seal/open rates at the same lengths.
+cost), and natt-ringbench gives raw ring and intel-ipsec-mb seal/open rates at the same lengths.
 
 With --stats-cost it measures instead what the per-packet statistics cost: encap and decap
 (anti-replay off) at 64 and 1420 bytes, 1 SA, run --rounds times each with
@@ -31,6 +31,11 @@ and the median of the on/off cycle ratios of back-to-back pairs. The counters th
 counted; both sides have them.
 
     sudo .venv/bin/python perf/run.py --stats-cost     # about 4 minutes (--rounds 5)
+
+With --crypto-compare it measures the crypto libraries against each other the same way:
+--crypto ipsec-mb against --crypto ring, same binaries.
+
+    sudo .venv/bin/python perf/run.py --crypto-compare --sizes 64,1420
 
 With --compare DIR it measures two builds against each other the same way: the
 binaries in DIR ("before", e.g. another checkout's target/release) and this tree's
@@ -245,10 +250,12 @@ def main():
     ap.add_argument("--stats-cost", action="store_true", help="statistics detail on against off, alternating")
     ap.add_argument("--rounds", type=int, default=5, help="with --stats-cost or --compare: runs per variant")
     ap.add_argument("--compare", metavar="DIR", help="A/B: the binaries in DIR (another build) against this tree's")
+    ap.add_argument("--crypto-compare", action="store_true", help="A/B: --crypto ipsec-mb against --crypto ring")
     args = ap.parse_args()
     if args.out is None:
         args.out = os.path.join(ROOT, "perf", "results",
-                                "stats-cost.json" if args.stats_cost else "compare.json" if args.compare else "dataplane.json")
+                                "stats-cost.json" if args.stats_cost else "compare.json" if args.compare
+                                else "crypto.json" if args.crypto_compare else "dataplane.json")
     if args.quick:
         args.sizes, args.sas, args.seconds = "64,1420", "1,1000", 5
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -258,8 +265,8 @@ def main():
     sh(["cargo", "build", "--release", "-q", "-p", "natt-dataplane", "-p", "natt-control", "-p", "natt-pcap",
         "-p", "natt-ringbench"], cwd=ROOT)
     lab = Lab(args)
-    if args.stats_cost or args.compare:
-        run = stats_cost if args.stats_cost else compare
+    if args.stats_cost or args.compare or args.crypto_compare:
+        run = stats_cost if args.stats_cost else compare if args.compare else crypto_compare
         return run(lab, args, sizes if args.sizes != "64,512,1420" else [64, 1420])
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "host": os.uname().nodename, "cpu": cpu_model(), "seconds": args.seconds, "algorithm": "aes128-gcm",
@@ -323,6 +330,13 @@ def compare(lab, args, sizes):
     captures and settings, alternating, --rounds each."""
     variants = {"after": (None, ["--stats-detail", "off"]), "before": (args.compare, ["--stats-detail", "off"])}
     alternate(lab, args, sizes, variants, "after", "before")
+
+
+def crypto_compare(lab, args, sizes):
+    """The same build with intel-ipsec-mb and with ring for AES-GCM (`--crypto`),
+    alternating, --rounds each."""
+    variants = {lib: (None, ["--stats-detail", "off", "--crypto", lib]) for lib in ("ipsec-mb", "ring")}
+    alternate(lab, args, sizes, variants, "ipsec-mb", "ring")
 
 
 def alternate(lab, args, sizes, variants, a, b):
@@ -409,8 +423,9 @@ def cpu_model():
 def table(r):
     hz = r.get("tsc_hz") or 1
     lines = ["| inner bytes | SAs | encap Mpps | decap Mpps (anti-replay off) | decap Mpps (anti-replay on) "
-             "| capacity from cycles/packet: encap / decap / decap+ar | testpmd io on the same ports | raw ring seal / open |",
-             "|---:|---:|---:|---:|---:|---|---|---|"]
+             "| capacity from cycles/packet: encap / decap / decap+ar | testpmd io on the same ports | raw ring seal / open "
+             "| raw intel-ipsec-mb seal / open |",
+             "|---:|---:|---:|---:|---:|---|---|---|---|"]
     for row in r["rows"]:
         s = str(row["inner_size"])
         cap = lambda x: f"{hz / x[1] / 1e6:.2f}" if x and x[1] else "?"
@@ -422,7 +437,8 @@ def table(r):
             f"| {s} | {row['sas']:,} | {mp(row['encap'])} | {mp(row['decap'])} | {mp(row['decap_ar'])}"
             f"{f' (source {src[0]:.2f})' if src else ''} | {cap(row['encap'])} / {cap(row['decap'])} / {cap(row['decap_ar'])} "
             f"| {tp.get('encap_ports') or 0:.1f} / {tp.get('decap_ports') or 0:.1f} "
-            f"| {ring.get('seal_mpps', 0):.2f} / {ring.get('open_mpps', 0):.2f} |")
+            f"| {ring.get('seal_mpps', 0):.2f} / {ring.get('open_mpps', 0):.2f} "
+            f"| {ring.get('ipsec_mb_seal_mpps', 0):.2f} / {ring.get('ipsec_mb_open_mpps', 0):.2f} |")
     return "\n".join(lines)
 
 

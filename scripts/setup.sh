@@ -18,7 +18,7 @@ need_root() {
 
 APT_PACKAGES=(
     build-essential pkg-config clang libclang-dev
-    dpdk dpdk-dev libpcap-dev
+    dpdk dpdk-dev libpcap-dev libipsec-mb-dev
     tshark
     python3 python3-venv python3-pip
     iproute2 ethtool curl ca-certificates

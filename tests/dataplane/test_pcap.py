@@ -6,6 +6,7 @@
 - Plaintext entering the protected port leaves the public port encrypted; scapy decrypts
   it (ICV verified) to exactly the packet a router would forward, its ESP bytes equal
   scapy's own encryption, and Wireshark's ESP dissector reports a good ICV.
+- All of the above with each crypto library for AES (`--crypto ipsec-mb`, `--crypto ring`).
 - Two workers with software dispatch: each SA is processed by the one worker the
   Toeplitz hash of its SPI names, nothing is lost or reordered within an SA, and every
   packet of an SA the receiving worker does not own is handed over exactly once."""
@@ -44,9 +45,10 @@ def first_seq(c):
     return ESN_START if c.esn else 1
 
 
-@pytest.fixture(scope="module")
-def both_ways(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("both")
+@pytest.fixture(scope="module", params=["ipsec-mb", "ring"])
+def both_ways(request, tmp_path_factory):
+    crypto = request.param
+    tmp = tmp_path_factory.mktemp(f"both-{crypto}")
     ctl = Control(tmp)
     sas = []
     for c in CLIENTS:
@@ -86,8 +88,10 @@ def both_ways(tmp_path_factory):
         pcap_port("net_pcap1", tmp / "plain.pcap", tmp / "prot.pcap"),
         pcap_port("net_pcap2", tmp / "empty.pcap", tmp / "punt.pcap"),
         pcap_port("net_pcap3", tmp / "empty.pcap", tmp / "ppunt.pcap"),
-    ], opts=["--punt", "2", "--protected-punt", "3"])
+    ], opts=["--punt", "2", "--protected-punt", "3", "--crypto", crypto])
     out, stats = dp.run()
+    line = "intel-ipsec-mb" if crypto == "ipsec-mb" else "ring for every algorithm"
+    assert re.search(rf"^  crypto: {line}", out, re.M), out
     return dict(tmp=tmp, sent=sent, replies=replies, ike=ike, arp=arp, stats=stats, stdout=out)
 
 

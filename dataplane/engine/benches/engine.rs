@@ -3,9 +3,11 @@
 //! For each inner packet size (64, 512, 1420 bytes), AES-128-GCM, bursts of 32:
 //! - `ring_seal` / `ring_open`: `ring` alone over exactly the bytes ESP encrypts
 //!   (inner packet, padding, trailer) with the 8-byte AAD, in the same buffers;
+//!   `ipsec_mb_seal` / `ipsec_mb_open`: the same with intel-ipsec-mb (`natt-ipsec-mb`);
 //! - `encap` / `decap`: the engine over Ethernet frames, everything included (parse,
 //!   SA lookup, anti-replay on with rising sequence numbers, crypto, trailer, headers,
 //!   counters);
+//! - `encap_ipsec_mb` / `decap_ipsec_mb`: the engine on intel-ipsec-mb;
 //! - `encap_pad16`: encapsulation with `"pad_to": 16`, so ring never sees a partial block;
 //! - `decap_engine_only` / `encap_engine_only`: the engine with a backend whose AEAD does
 //!   nothing, i.e. the engine's own work alone.
@@ -20,6 +22,7 @@ use natt_engine::event::Discard;
 use natt_engine::sa::config::parse_config;
 use natt_engine::sa::{Algorithm, Direction};
 use natt_engine::{Engine, EngineConfig, Frame, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
+use natt_ipsec_mb::IpsecMb;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -139,6 +142,7 @@ fn refill(bufs: &mut [PktBuf<Vec<u8>>], frames: &[Vec<u8>]) {
 
 fn bench(c: &mut Criterion) {
     let key = Ring::key(Algorithm::Aes128Gcm, &hex::decode(&KEY[..32]).unwrap()).unwrap();
+    let mb_key = IpsecMb::key(Algorithm::Aes128Gcm, &hex::decode(&KEY[..32]).unwrap()).unwrap();
     let salt = [0x10, 0x11, 0x12, 0x13];
     for size in SIZES {
         // Where ESP's encrypted part sits in an encapsulated frame: after Ethernet,
@@ -154,27 +158,8 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("aes128gcm/{size}"));
         g.throughput(Throughput::Elements(BURST as u64));
 
-        g.bench_function("ring_seal", |b| {
-            let mut bufs = buffers();
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for it in 0..iters {
-                    refill(&mut bufs, esp_frames);
-                    let start = Instant::now();
-                    for (i, buf) in bufs.iter_mut().enumerate() {
-                        let seq = it * BURST as u64 + i as u64;
-                        let aad = [0, 0, 0x20, 0x01, 0, 0, 0, seq as u8];
-                        black_box(key.seal(
-                            &nonce(&salt, &seq.to_be_bytes()),
-                            &aad,
-                            &mut buf.raw_mut()[ct_off..ct_off + ct_len],
-                        ));
-                    }
-                    t += start.elapsed();
-                }
-                t
-            })
-        });
+        bench_raw_seal(&mut g, "ring_seal", &key, &salt, esp_frames, ct_off..ct_off + ct_len);
+        bench_raw_seal(&mut g, "ipsec_mb_seal", &mb_key, &salt, esp_frames, ct_off..ct_off + ct_len);
 
         // Packets sealed by ring itself, to be opened by ring.
         let ring_sealed: Vec<Vec<u8>> = esp_frames
@@ -189,34 +174,15 @@ fn bench(c: &mut Criterion) {
                 f
             })
             .collect();
-        g.bench_function("ring_open", |b| {
-            let mut bufs = buffers();
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    refill(&mut bufs, &ring_sealed);
-                    let start = Instant::now();
-                    for (i, buf) in bufs.iter_mut().enumerate() {
-                        let aad = [0, 0, 0x20, 0x01, 0, 0, 0, i as u8];
-                        let raw = buf.raw_mut();
-                        let icv: [u8; 16] = raw[ct_off + ct_len..ct_off + ct_len + 16].try_into().unwrap();
-                        key.open(
-                            &nonce(&salt, &(i as u64).to_be_bytes()),
-                            &aad,
-                            &mut raw[ct_off..ct_off + ct_len],
-                            &icv,
-                        )
-                        .unwrap();
-                    }
-                    t += start.elapsed();
-                }
-                t
-            })
-        });
+        bench_raw_open(&mut g, "ring_open", &key, &salt, &ring_sealed, ct_off..ct_off + ct_len);
+        bench_raw_open(&mut g, "ipsec_mb_open", &mb_key, &salt, &ring_sealed, ct_off..ct_off + ct_len);
 
         let mut headend: Engine = Engine::with_sas(EngineConfig::default(), headend_sas(4)).unwrap();
         bench_encap(&mut g, "encap", &mut headend, &reply);
         bench_decap(&mut g, "decap", &mut headend, &pool);
+        let mut mb: Engine<IpsecMb> = Engine::with_sas(EngineConfig::default(), headend_sas(4)).unwrap();
+        bench_encap(&mut g, "encap_ipsec_mb", &mut mb, &reply);
+        bench_decap(&mut g, "decap_ipsec_mb", &mut mb, &pool);
         let mut padded: Engine = Engine::with_sas(EngineConfig::default(), headend_sas(16)).unwrap();
         bench_encap(&mut g, "encap_pad16", &mut padded, &reply);
         let mut bare: Engine<NoCrypto> = Engine::with_sas(EngineConfig::default(), headend_sas(4)).unwrap();
@@ -224,6 +190,63 @@ fn bench(c: &mut Criterion) {
         bench_decap(&mut g, "decap_engine_only", &mut bare, &clear_pool);
         g.finish();
     }
+}
+
+/// Time `op` over each buffer of a burst refilled from `frames` (untimed); `op` gets the
+/// buffer, the iteration and the index in the burst.
+fn bench_raw(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    frames: &[Vec<u8>],
+    mut op: impl FnMut(&mut [u8], u64, usize),
+) {
+    g.bench_function(name, |b| {
+        let mut bufs = buffers();
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for it in 0..iters {
+                refill(&mut bufs, frames);
+                let start = Instant::now();
+                for (i, buf) in bufs.iter_mut().enumerate() {
+                    op(buf.raw_mut(), it, i);
+                }
+                t += start.elapsed();
+            }
+            t
+        })
+    });
+}
+
+/// A raw AEAD seal of exactly what ESP encrypts, in the same buffers as the engine.
+fn bench_raw_seal<K: AeadKey>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    key: &K,
+    salt: &[u8; 4],
+    frames: &[Vec<u8>],
+    ct: core::ops::Range<usize>,
+) {
+    bench_raw(g, name, frames, |raw, it, i| {
+        let seq = it * BURST as u64 + i as u64;
+        let aad = [0, 0, 0x20, 0x01, 0, 0, 0, seq as u8];
+        black_box(key.seal(&nonce(salt, &seq.to_be_bytes()), &aad, &mut raw[ct.clone()]));
+    });
+}
+
+/// A raw AEAD open of `sealed` (made by ring with the same key), tag after `ct`.
+fn bench_raw_open<K: AeadKey>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    key: &K,
+    salt: &[u8; 4],
+    sealed: &[Vec<u8>],
+    ct: core::ops::Range<usize>,
+) {
+    bench_raw(g, name, sealed, |raw, _, i| {
+        let aad = [0, 0, 0x20, 0x01, 0, 0, 0, i as u8];
+        let icv: [u8; 16] = raw[ct.end..ct.end + 16].try_into().unwrap();
+        key.open(&nonce(salt, &(i as u64).to_be_bytes()), &aad, &mut raw[ct.clone()], &icv).unwrap();
+    });
 }
 
 /// Time `encap_burst` over bursts of `frame`.

@@ -7,73 +7,13 @@
 //! which exercises the engine's own nonce, AAD (with ESN inference) and trailer code.
 
 use natt_engine::crypto::{AeadKey, Backend, Ring, nonce};
-use natt_engine::sa::Algorithm;
 use natt_engine::sa::config::{parse_config, parse_sa};
 use natt_engine::{Engine, EngineConfig, Frame, InResult, InVerdict, PktBuf};
 use serde_json::{Value, json};
 
-struct Vector {
-    id: String,
-    key_bits: u64,
-    gmac: bool,
-    key: Vec<u8>,
-    salt: [u8; 4],
-    spi: u32,
-    esn: bool,
-    seq64: u64,
-    iv: [u8; 8],
-    plaintext: Vec<u8>,
-    aad: Vec<u8>,
-    ciphertext_tag: Vec<u8>,
-    esp_packet: Vec<u8>,
-}
+mod mcgrew;
 
-fn h(v: &Value, k: &str) -> Vec<u8> {
-    hex::decode(v[k].as_str().unwrap()).unwrap()
-}
-
-fn vectors() -> Vec<Vector> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/mcgrew-gcm-esp.json")).unwrap();
-    let d: Value = serde_json::from_str(&text).unwrap();
-    d["vectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            let esn = v["esn"].as_bool().unwrap();
-            let seq64 = if esn {
-                u64::from_str_radix(v["seq64"].as_str().unwrap(), 16).unwrap()
-            } else {
-                u64::from_str_radix(v["seq"].as_str().unwrap(), 16).unwrap()
-            };
-            Vector {
-                id: v["id"].as_str().unwrap().to_owned(),
-                key_bits: v["key_bits"].as_u64().unwrap(),
-                gmac: v["algorithm"].as_str().unwrap().contains("GMAC"),
-                key: h(v, "key"),
-                salt: h(v, "salt").try_into().unwrap(),
-                spi: u32::from_str_radix(v["spi"].as_str().unwrap(), 16).unwrap(),
-                esn,
-                seq64,
-                iv: h(v, "iv").try_into().unwrap(),
-                plaintext: h(v, "plaintext"),
-                aad: h(v, "aad"),
-                ciphertext_tag: h(v, "ciphertext_tag"),
-                esp_packet: h(v, "esp_packet"),
-            }
-        })
-        .collect()
-}
-
-fn algorithm(v: &Vector) -> Option<Algorithm> {
-    match (v.key_bits, v.gmac) {
-        (128, false) => Some(Algorithm::Aes128Gcm),
-        (256, false) => Some(Algorithm::Aes256Gcm),
-        (128, true) => Some(Algorithm::Aes128Gmac),
-        (256, true) => Some(Algorithm::Aes256Gmac),
-        _ => None,
-    }
-}
+use mcgrew::{algorithm, vectors};
 
 #[test]
 fn the_file_has_what_we_test() {

@@ -94,6 +94,12 @@ pub struct Args {
     /// Another UDP port that carries ESP in UDP besides 4500 (an SA's local_port).
     #[arg(long = "natt-port", value_name = "PORT")]
     pub natt_ports: Vec<u16>,
+    /// Crypto library for AES-GCM and AES-GMAC SAs: `ipsec-mb` is intel-ipsec-mb (the
+    /// library of DPDK's aesni_gcm and aesni_mb drivers, called directly on the worker),
+    /// `ring` is ring; `auto` takes intel-ipsec-mb where it starts (a CPU with AES-NI),
+    /// else ring. ChaCha20-Poly1305 SAs always use ring.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ipsec-mb", "ring"])]
+    pub crypto: String,
     /// Checksum offloads: `auto` uses what each port has (RX: the IPv4 header checksum
     /// verified by the public and protected ports; TX: the outer IPv4 header checksum and,
     /// over IPv6, the UDP checksum of encapsulated packets filled by the public port);

@@ -3,6 +3,7 @@
 //! their own; `main.rs` is the process.
 //!
 //! - `args`: the command line (EAL arguments, then ours).
+//! - `crypto`: the crypto library (`--crypto`).
 //! - `setup`: ports, mempool, rings, SA table and dataplane segment: `Shared`.
 //! - `dispatch`: which worker owns which SA; a first look at frames.
 //! - `prepare`: the SA builder, which makes SAs' runtime state off the workers' cores.
@@ -12,6 +13,7 @@
 //! - `report`: statistics as text and JSON.
 
 pub mod args;
+pub mod crypto;
 pub mod dispatch;
 pub mod host;
 pub mod prepare;

@@ -56,13 +56,14 @@ fn run(args: &Args, eal_args: &[String]) -> Result<(), String> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, signalled.clone()).map_err(|e| format!("installing a signal handler: {e}"))?;
     }
+    let crypto = natt_dataplane::crypto::select(&args.crypto)?;
     eal::init(eal_args).map_err(|e| e.to_string())?;
-    let result = run_eal(args, &signalled);
+    let result = run_eal(args, &crypto, &signalled);
     eal::cleanup();
     result
 }
 
-fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
+fn run_eal(args: &Args, crypto: &str, signalled: &Arc<AtomicBool>) -> Result<(), String> {
     let worker_lcores = eal::worker_lcores();
     let inline = worker_lcores.is_empty();
     let lcores = if inline { vec![eal::main_lcore()] } else { worker_lcores };
@@ -96,6 +97,7 @@ fn run_eal(args: &Args, signalled: &Arc<AtomicBool>) -> Result<(), String> {
             p.checksum_offloads()
         );
     }
+    println!("  crypto: {crypto}");
 
     // The SA builder: SAs' runtime state made off the workers' cores (see `prepare`).
     let builder = {
@@ -285,7 +287,8 @@ fn check_segments(sh: &setup::Shared, args: &Args, seen: &mut [bool; 2]) {
 /// nothing to build (or a worker's lane is full), until stopped.
 fn build_sas(sh: &setup::Shared) -> natt_dataplane::prepare::BuilderCounters {
     pin_monitor(sh);
-    let mut b = natt_dataplane::prepare::Builder::<natt_engine::crypto::Ring>::new(&sh.reader, &sh.owners, &sh.lanes);
+    let mut b =
+        natt_dataplane::prepare::Builder::<natt_dataplane::crypto::Crypto>::new(&sh.reader, &sh.owners, &sh.lanes);
     let started = Instant::now();
     while !sh.stop.load(Ordering::SeqCst) {
         if b.step(256) == 0 && !b.can_proceed() {

@@ -122,7 +122,7 @@ pub struct Shared {
     rings: Vec<Option<Ring>>,
     pub inboxes: Vec<ArrayQueue<NatUpdate>>,
     /// Between the SA builder and the workers.
-    pub lanes: Lanes<<natt_engine::crypto::Ring as natt_engine::crypto::Backend>::Key>,
+    pub lanes: Lanes<<crate::crypto::Crypto as natt_engine::crypto::Backend>::Key>,
     /// Set by the SA builder once it has handed on all it can (its first scan, unless a
     /// lane is full): workers start polling then, with the SAs installed at start ready.
     pub builder_ready: AtomicBool,

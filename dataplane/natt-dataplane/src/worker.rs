@@ -7,6 +7,7 @@
 //! the drain timer. No lock, allocation or syscall: counters are plain integers published
 //! to the dataplane segment every millisecond.
 
+use crate::crypto::Crypto;
 use crate::dispatch::{Peek, inner_destination, is_ike_from_host, peek};
 use crate::host::ShmHost;
 use crate::report::{SaReport, WorkerReport};
@@ -15,7 +16,6 @@ use crate::store::ShmStore;
 use arrayvec::ArrayVec;
 use natt_dpdk::mbuf::{BURST_MAX, Burst, Mbuf, PlainMbuf};
 use natt_dpdk::{eal, port};
-use natt_engine::crypto::Ring as RingCrypto;
 use natt_engine::{DropReason, Engine, Frame, InResult, InVerdict, OutResult, OutVerdict, Reassembly};
 use natt_sadb::stats::{Block, Counter};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -60,7 +60,7 @@ const STAGE_ALL: u64 = 64;
 /// Latencies beyond the histogram's range are recorded at its top.
 const LATENCY_CLAMP: u64 = natt_sadb::view::LATENCY_MAX;
 
-type Eng<'a> = Engine<RingCrypto, ShmStore<'a, RingCrypto>>;
+type Eng<'a> = Engine<Crypto, ShmStore<'a, Crypto>>;
 
 struct Worker<'a> {
     sh: &'a Shared,

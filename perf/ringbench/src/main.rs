@@ -1,11 +1,14 @@
 //! natt-ringbench: how many AES-128-GCM seals and opens per second one core does with raw
-//! `ring`, for the ESP payload lengths the dataplane handles at each inner packet size:
+//! `ring` and with raw intel-ipsec-mb (`ipsec_mb_*`, through `natt-ipsec-mb`), for the ESP payload lengths the dataplane handles at each inner packet size:
 //! the inner packet plus the ESP trailer padded to 4 bytes (what peers send) or to
 //! `--pad-to` (what our encapsulation sends), with an 8-byte AAD (SPI, sequence number)
 //! and the 16-byte tag. One JSON object per size on stdout; medians of `--runs` runs.
 //!
 //!     natt-ringbench [--sizes 64,512,1420] [--pad-to 16] [--seconds 0.5] [--runs 5]
 
+use natt_engine::crypto::{AeadKey, Backend};
+use natt_engine::sa::Algorithm;
+use natt_ipsec_mb::IpsecMb;
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use std::time::{Duration, Instant};
 
@@ -90,10 +93,35 @@ fn main() {
                 })
             })
             .collect();
+        // The same with intel-ipsec-mb, on the same buffers.
+        let mb = IpsecMb::key(Algorithm::Aes128Gcm, &[0x42; 16]).expect("intel-ipsec-mb key");
+        let raw_nonce = |n: u64| {
+            let mut b = [0u8; 12];
+            b[4..].copy_from_slice(&n.to_be_bytes());
+            b
+        };
+        let mb_seal: Vec<f64> = (0..runs)
+            .map(|_| {
+                rate(seconds, |n| {
+                    let aad = [0u8, 0, 0x10, 1, (n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8, n as u8];
+                    std::hint::black_box(mb.seal(&raw_nonce(n), &aad, &mut buf[..seal_len]));
+                })
+            })
+            .collect();
+        let icv: [u8; 16] = msg[open_len..].try_into().expect("tag");
+        let mb_open: Vec<f64> = (0..runs)
+            .map(|_| {
+                rate(seconds, |_| {
+                    work.copy_from_slice(&msg);
+                    mb.open(&raw_nonce(1), &aad, &mut work[..open_len], &icv).expect("open");
+                })
+            })
+            .collect();
         let v = serde_json::json!({
             "inner_size": size,
             "seal_bytes": seal_len, "pad_to": pad_to, "seal_mpps": median(seal) / 1e6,
             "open_bytes": open_len, "open_mpps": median(open) / 1e6,
+            "ipsec_mb_seal_mpps": median(mb_seal) / 1e6, "ipsec_mb_open_mpps": median(mb_open) / 1e6,
         });
         println!("{v}");
     }

@@ -2,13 +2,13 @@
 //!
 //! Packet logic builds nonce and AAD and hands a byte range to `seal` or `open`; it
 //! never names a library. A backend supplies key construction and the two operations.
-//! `ring` is the only backend today.
+//! `ring` is this crate's backend; `natt-ipsec-mb` adds intel-ipsec-mb.
 
 pub mod ring_backend;
 
 use crate::sa::params::Algorithm;
 
-pub use ring_backend::Ring;
+pub use ring_backend::{Ring, RingKey};
 
 /// Nonce: 4-byte salt from the key material, then the 8-byte explicit IV (RFC 4106 §4).
 pub type Nonce = [u8; 12];

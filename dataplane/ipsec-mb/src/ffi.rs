@@ -1,0 +1,113 @@
+//! The only unsafe code of this crate: calls into the C shim (`shim/mb.c`), which calls
+//! intel-ipsec-mb. Every pointer passed is derived from a live Rust reference of the
+//! length the callee reads or writes.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_void};
+
+unsafe extern "C" {
+    fn natt_mb_init(arch: *mut c_int) -> c_int;
+    fn natt_mb_key_data_size() -> usize;
+    fn natt_mb_version() -> *const c_char;
+    fn natt_mb_gcm_pre(key: *const u8, key_len: usize, kd: *mut c_void) -> c_int;
+    fn natt_mb_gcm_seal(
+        key_len: usize,
+        kd: *const c_void,
+        iv: *const u8,
+        aad: *const u8,
+        aad_len: u64,
+        data: *mut u8,
+        len: u64,
+        tag: *mut u8,
+    );
+    fn natt_mb_gcm_open(
+        key_len: usize,
+        kd: *const c_void,
+        iv: *const u8,
+        aad: *const u8,
+        aad_len: u64,
+        data: *mut u8,
+        len: u64,
+        tag: *const u8,
+    ) -> c_int;
+}
+
+/// Room for the library's expanded GCM key (`struct gcm_key_data`, 1008 bytes in 1.3),
+/// aligned as its vector code prefers. `init` refuses a library whose struct is larger.
+pub(crate) const KEY_DATA_LEN: usize = 1024;
+
+#[repr(C, align(64))]
+pub(crate) struct KeyData(pub(crate) [u8; KEY_DATA_LEN]);
+
+/// Make the library's manager (once per process; later calls return the same answer).
+/// Returns the architecture its code paths use (`IMB_ARCH`: 2 SSE, 3 AVX, 4 AVX2,
+/// 5 AVX-512) and its version.
+pub(crate) fn init() -> Result<(i32, String), String> {
+    // SAFETY: natt_mb_key_data_size takes nothing and returns a constant.
+    let need = unsafe { natt_mb_key_data_size() };
+    if need > KEY_DATA_LEN {
+        return Err(format!("its GCM key data is {need} bytes, more than the {KEY_DATA_LEN} this build reserves"));
+    }
+    let mut arch: c_int = 0;
+    // SAFETY: `arch` is a live c_int the shim writes once; the shim's own global is
+    // written only here, and callers serialise this (a OnceLock in lib.rs).
+    let err = unsafe { natt_mb_init(&mut arch) };
+    if err != 0 {
+        return Err(format!("the library could not start (error {err}): no AES-NI on this CPU?"));
+    }
+    // SAFETY: the library returns a pointer to a static NUL-terminated string.
+    let v = unsafe { CStr::from_ptr(natt_mb_version()) }.to_string_lossy().into_owned();
+    Ok((arch, v))
+}
+
+/// Expand a 16- or 32-byte AES key. Only after `init` succeeded.
+pub(crate) fn gcm_pre(key: &[u8], kd: &mut KeyData) -> bool {
+    // SAFETY: `key` is readable for key.len() bytes (16 or 32, the shim refuses other
+    // lengths before reading); `kd` is writable for KEY_DATA_LEN >= sizeof(gcm_key_data)
+    // bytes (checked in `init`, which the caller ran).
+    unsafe { natt_mb_gcm_pre(key.as_ptr(), key.len(), kd.0.as_mut_ptr().cast()) == 0 }
+}
+
+/// Encrypt `data` in place; the tag goes to `tag`. `key_len` is the one `kd` was made with.
+pub(crate) fn gcm_seal(key_len: usize, kd: &KeyData, iv: &[u8; 12], aad: &[u8], data: &mut [u8], tag: &mut [u8; 16]) {
+    // SAFETY: every pointer comes from a live reference of the length passed with it
+    // (iv 12, tag 16, kd holds an expanded key of `key_len`); `data` is read and written
+    // in place over data.len() bytes, which the library supports (src == dst).
+    unsafe {
+        natt_mb_gcm_seal(
+            key_len,
+            kd.0.as_ptr().cast(),
+            iv.as_ptr(),
+            aad.as_ptr(),
+            aad.len() as u64,
+            data.as_mut_ptr(),
+            data.len() as u64,
+            tag.as_mut_ptr(),
+        )
+    }
+}
+
+/// Decrypt `data` in place; true if `tag` verifies.
+pub(crate) fn gcm_open(
+    key_len: usize,
+    kd: &KeyData,
+    iv: &[u8; 12],
+    aad: &[u8],
+    data: &mut [u8],
+    tag: &[u8; 16],
+) -> bool {
+    // SAFETY: as in `gcm_seal`; the tag is only read.
+    unsafe {
+        natt_mb_gcm_open(
+            key_len,
+            kd.0.as_ptr().cast(),
+            iv.as_ptr(),
+            aad.as_ptr(),
+            aad.len() as u64,
+            data.as_mut_ptr(),
+            data.len() as u64,
+            tag.as_ptr(),
+        ) == 0
+    }
+}
