@@ -92,6 +92,7 @@ def both_ways(request, tmp_path_factory):
     out, stats = dp.run()
     line = "intel-ipsec-mb" if crypto == "ipsec-mb" else "ring for every algorithm"
     assert re.search(rf"^  crypto: {line}", out, re.M), out
+    assert stats["dataplane"]["crypto"] == ("intel-ipsec-mb" if crypto == "ipsec-mb" else "ring")
     return dict(tmp=tmp, sent=sent, replies=replies, ike=ike, arp=arp, stats=stats, stdout=out)
 
 

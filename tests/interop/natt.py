@@ -119,11 +119,14 @@ class Case:
 
 def run_natt_pcap(verb, config, pcap_in, pcap_out):
     """Run natt-pcap; return its per-packet JSON lines and the summary from stderr."""
-    cmd = [natt_pcap_binary(), verb, "-c", config, "-r", pcap_in, "-w", pcap_out]
+    crypto = os.environ.get("NATT_CRYPTO", "auto")
+    cmd = [natt_pcap_binary(), verb, "-c", config, "-r", pcap_in, "-w", pcap_out, "--crypto", crypto]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, f"{' '.join(cmd)} failed: {p.stderr}"
     lines = [json.loads(l) for l in p.stdout.splitlines()]
     summary = json.loads(p.stderr.strip().splitlines()[-1])
+    if crypto != "auto":
+        assert summary["summary"]["crypto"] == {"ipsec-mb": "intel-ipsec-mb", "ring": "ring"}[crypto]
     return lines, summary
 
 

@@ -105,7 +105,13 @@ pub fn text(v: &StatsView, prev: Option<(&StatsView, f64)>) -> String {
     let mut o = String::new();
     let rate = |now: u64, before: u64, dt: f64| (now.saturating_sub(before)) as f64 / dt.max(1e-9);
     let state = if v.running { format!("running (pid {})", v.pid) } else { "not running".to_owned() };
-    let _ = writeln!(o, "  dataplane {state}, {} worker(s), dispatch: {}", v.workers.len(), v.dispatch);
+    let _ = writeln!(
+        o,
+        "  dataplane {state}, {} worker(s), dispatch: {}, crypto: {}",
+        v.workers.len(),
+        v.dispatch,
+        v.crypto
+    );
     for p in &v.ports {
         let title = format!(" port {} ({}, {}) ", p.id, p.role, p.name);
         let _ = writeln!(o, "  {:-^76}", title);

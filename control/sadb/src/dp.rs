@@ -282,12 +282,14 @@ impl DpSegment {
             .expect("in layout")
     }
 
-    /// Dataplane: describe the run (TSC rate, whether latency is measured, dispatch).
-    pub fn describe(&self, tsc_hz: u64, detail: bool, dispatch: &str) {
+    /// Dataplane: describe the run (TSC rate, whether latency is measured, dispatch, the
+    /// crypto library).
+    pub fn describe(&self, tsc_hz: u64, detail: bool, dispatch: &str, crypto: &str) {
         let h = self.header();
         h.tsc_hz.store(tsc_hz, Relaxed);
         h.flags.store(if detail { DP_FLAG_DETAIL } else { 0 }, Relaxed);
         put_text(&h.dispatch, dispatch);
+        put_text(&h.crypto, crypto);
     }
 
     /// The file lock that serialises SA questions from control processes.

@@ -186,7 +186,9 @@ pub struct DpHeader {
     pub flags: AtomicU64,
     /// How packets reach their SA's worker (NUL-padded text).
     pub dispatch: [AtomicU64; 4],
-    pub _pad: [AtomicU64; 2],
+    /// The crypto library of AES-GCM and GMAC keys (NUL-padded text; empty from a
+    /// dataplane that predates the field, which was padding).
+    pub crypto: [AtomicU64; 2],
 }
 
 /// `DpHeader::flags`: latency and stage cycles are measured.

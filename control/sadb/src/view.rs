@@ -91,6 +91,7 @@ pub struct StatsView {
     pub tsc_hz: u64,
     pub detail: bool,
     pub dispatch: String,
+    pub crypto: String,
     pub workers: Vec<WorkerView>,
     pub totals: Totals,
     pub ports: Vec<PortView>,
@@ -210,6 +211,7 @@ pub fn collect(dp: &DpSegment) -> StatsView {
         tsc_hz: h.tsc_hz.load(Relaxed),
         detail: h.flags.load(Relaxed) & DP_FLAG_DETAIL != 0,
         dispatch: get_text(&h.dispatch),
+        crypto: get_text(&h.crypto),
         workers,
         totals,
         ports,
@@ -385,7 +387,8 @@ impl StatsView {
             "time_ns": self.time_ns,
             "dataplane": {
                 "running": self.running, "pid": self.pid, "start_ns": self.start_ns, "tsc_hz": self.tsc_hz,
-                "workers": self.workers.len(), "dispatch": self.dispatch, "detail": self.detail,
+                "workers": self.workers.len(), "dispatch": self.dispatch, "crypto": self.crypto,
+                "detail": self.detail,
             },
             "totals": totals,
             "accounting": {

@@ -5,6 +5,11 @@
 /// `natt_ipsec_mb::Auto`).
 pub type Crypto = natt_ipsec_mb::Auto;
 
+/// The library AES-GCM and GMAC keys are made with now (for statistics).
+pub fn name() -> &'static str {
+    natt_ipsec_mb::selected().library()
+}
+
 /// Apply `--crypto` (`auto`, `ipsec-mb`, `ring`); returns the line that says what was chosen.
 pub fn select(choice: &str) -> Result<String, String> {
     use natt_ipsec_mb::Choice;

@@ -68,7 +68,7 @@ fn run_eal(args: &Args, crypto: &str, signalled: &Arc<AtomicBool>) -> Result<(),
     let inline = worker_lcores.is_empty();
     let lcores = if inline { vec![eal::main_lcore()] } else { worker_lcores };
     let sh = Arc::new(setup::build(args, &lcores).map_err(|e| e.0)?);
-    sh.dp.describe(eal::tsc_hz(), sh.cfg.detail, sh.dispatch);
+    sh.dp.describe(eal::tsc_hz(), sh.cfg.detail, sh.dispatch, natt_dataplane::crypto::name());
     report::publish_ports(&sh);
     register_telemetry(&sh);
     if let Err(e) = eal::pdump_init() {

@@ -72,6 +72,24 @@ struct Run {
     /// Do not print the per-packet JSON lines.
     #[arg(short, long)]
     quiet: bool,
+    /// Crypto library for AES-GCM and GMAC SAs, as natt-dataplane's option: `ipsec-mb`
+    /// (intel-ipsec-mb), `ring`, or `auto` (intel-ipsec-mb where it starts).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ipsec-mb", "ring"])]
+    crypto: String,
+}
+
+/// The engine over the crypto library chosen with `--crypto`.
+pub type Eng = Engine<natt_ipsec_mb::Auto>;
+
+/// Apply `--crypto` before any key is made.
+fn select_crypto(choice: &str) -> Result<(), String> {
+    use natt_ipsec_mb::Choice;
+    let lib = natt_ipsec_mb::library();
+    match (choice, lib) {
+        ("ring", _) | ("auto", Err(_)) => natt_ipsec_mb::select(Choice::Ring).map_err(str::to_owned),
+        (_, Ok(_)) => natt_ipsec_mb::select(Choice::IpsecMb).map_err(str::to_owned),
+        (_, Err(e)) => Err(format!("--crypto ipsec-mb: intel-ipsec-mb cannot start: {e}; use --crypto ring")),
+    }
 }
 
 const HEADROOM: usize = 128;
@@ -88,7 +106,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_engine(path: &std::path::Path, cfg: EngineConfig) -> Result<Engine, String> {
+fn load_engine(path: &std::path::Path, cfg: EngineConfig) -> Result<Eng, String> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
     let sas = parse_config(&text, Some(&name)).map_err(|e| e.to_string())?;
@@ -122,6 +140,7 @@ fn process(r: Run, decap: bool) -> Result<(), String> {
         mtu: usize::from(r.mtu),
         ..EngineConfig::default()
     };
+    select_crypto(&r.crypto)?;
     // Everything that can be wrong with the configuration is found before any packet.
     let mut engine = load_engine(&r.config, cfg)?;
     let mut reader = CaptureReader::open(&r.input).map_err(|e| e.to_string())?;

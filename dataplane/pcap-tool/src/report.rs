@@ -4,7 +4,7 @@
 use natt_engine::event::endpoint_json;
 use natt_engine::reason::{DropReason, PuntReason};
 use natt_engine::sa::Direction;
-use natt_engine::{Engine, Event, Frame, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
+use natt_engine::{Event, Frame, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ fn base(index: u64, ts: Duration, len: usize) -> Map<String, Value> {
     m
 }
 
-fn sa_fields(m: &mut Map<String, Value>, engine: &Engine, dir: Direction, spi: Option<u32>) {
+fn sa_fields(m: &mut Map<String, Value>, engine: &crate::Eng, dir: Direction, spi: Option<u32>) {
     if let Some(spi) = spi {
         m.insert("spi".into(), spi_hex(spi).into());
         if let Some(e) = engine.sa(dir, spi) {
@@ -39,7 +39,7 @@ pub fn decap_line<B: AsRef<[u8]> + AsMut<[u8]>>(
     len: usize,
     res: &InResult,
     pkt: &PktBuf<B>,
-    engine: &Engine,
+    engine: &crate::Eng,
     events: &[Event],
 ) -> Value {
     let mut m = base(index, ts, len);
@@ -74,7 +74,7 @@ pub fn encap_line<B: AsRef<[u8]> + AsMut<[u8]>>(
     len: usize,
     res: &OutResult,
     pkt: &PktBuf<B>,
-    engine: &Engine,
+    engine: &crate::Eng,
     events: &[Event],
 ) -> Value {
     let mut m = base(index, ts, len);
@@ -106,7 +106,7 @@ pub fn encap_line<B: AsRef<[u8]> + AsMut<[u8]>>(
 }
 
 /// Counters at the end of a run.
-pub fn summary(engine: &Engine, packets: u64) -> Value {
+pub fn summary(engine: &crate::Eng, packets: u64) -> Value {
     let c = engine.counters();
     let drops: Map<String, Value> = DropReason::ALL
         .iter()
@@ -117,6 +117,7 @@ pub fn summary(engine: &Engine, packets: u64) -> Value {
         PuntReason::ALL.iter().map(|p| (p.name().to_owned(), c.punts_of(*p).into())).collect();
     json!({
         "summary": {
+            "crypto": natt_ipsec_mb::selected().library(),
             "packets": packets,
             "decapsulated": c.decap_packets,
             "encapsulated": c.encap_packets,
