@@ -21,19 +21,6 @@ pub fn lines<T: ?Sized>(x: &T, max_lines: usize) {
     }
 }
 
-/// Start loading the cache lines holding bytes `start..start + len` of `x` (clipped to
-/// `x`).
-#[inline(always)]
-pub fn range<T: ?Sized>(x: &T, start: usize, len: usize) {
-    let p = (x as *const T).cast::<u8>();
-    let end = (start + len).min(core::mem::size_of_val(x));
-    let mut off = start - start % LINE;
-    while off < end {
-        at(p.wrapping_add(off));
-        off += LINE;
-    }
-}
-
 #[inline(always)]
 fn at(p: *const u8) {
     #[cfg(target_arch = "x86_64")]

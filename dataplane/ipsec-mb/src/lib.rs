@@ -123,10 +123,6 @@ impl Backend for IpsecMb {
 }
 
 impl AeadKey for MbKey {
-    /// The round keys (15 blocks) and the first 8 powers of the hash key: what a packet of
-    /// up to about 128 bytes reads; longer ones go on into the other 40 powers.
-    const HOT_BYTES: usize = 15 * 16 + 8 * 16;
-
     #[inline]
     fn seal(&self, nonce: &Nonce, aad: &[u8], data: &mut [u8]) -> Icv {
         let mut icv = [0u8; 16];
@@ -192,9 +188,6 @@ impl Backend for Auto {
 }
 
 impl AeadKey for AutoKey {
-    /// Either variant's hot part behind the enum's tag (checked in tests/layout.rs).
-    const HOT_BYTES: usize = 64 + MbKey::HOT_BYTES + 128;
-
     #[inline]
     fn seal(&self, nonce: &Nonce, aad: &[u8], data: &mut [u8]) -> Icv {
         match self {

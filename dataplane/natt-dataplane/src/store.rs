@@ -339,11 +339,8 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         for (&s, &k) in slots.iter().zip(keys) {
             if let Some(Some(c)) = self.cache.get(s as usize) {
                 let rt = &c.entry.rt;
-                // All of it but the rarely read tail (per-reason drops, lifetimes) and
-                // the part of a large key that only long packets read.
-                for (at, len) in SaRuntime::<B::Key>::PREFETCH {
-                    prefetch::range(rt, at, len);
-                }
+                // All of it but the rarely read tail (per-reason drops, lifetimes).
+                prefetch::lines(rt, SaRuntime::<B::Key>::HOT_LEN.div_ceil(prefetch::LINE));
                 if let Some(w) = seq(k).and_then(|q| rt.replay.word(q)) {
                     prefetch::line(w);
                 }

@@ -30,10 +30,6 @@ pub enum KeyError {
 
 /// One expanded key of an AEAD algorithm.
 pub trait AeadKey: Send + Sync + 'static {
-    /// How many bytes from the key's start a packet of ordinary size reads: what a store
-    /// that prefetches SA state ahead of a burst should bring in (all of it by default).
-    const HOT_BYTES: usize = usize::MAX;
-
     /// Encrypt `data` in place and return the ICV. For GMAC transforms `data` is empty
     /// and everything authenticated is in `aad`.
     fn seal(&self, nonce: &Nonce, aad: &[u8], data: &mut [u8]) -> Icv;

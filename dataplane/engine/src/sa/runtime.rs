@@ -179,26 +179,7 @@ impl<K> SaRuntime<K> {
     /// Bytes from the start that packets read: up to and including the packet and byte
     /// counts (see the field order).
     pub const HOT_LEN: usize = core::mem::offset_of!(Self, stats) + 16;
-}
 
-impl<K: AeadKey> SaRuntime<K> {
-    /// What a store prefetches of this state ahead of a burst, as (offset, length) pairs:
-    /// the hot prefix, except the part of the key beyond `K::HOT_BYTES` (a large expanded
-    /// key, most of which only long packets read).
-    pub const PREFETCH: [(usize, usize); 2] = {
-        let key_at = core::mem::offset_of!(Self, key);
-        let key_len = core::mem::size_of::<K>();
-        let key_hot = if K::HOT_BYTES < key_len { K::HOT_BYTES } else { key_len };
-        let key_end = key_at + key_len;
-        if key_end <= Self::HOT_LEN {
-            [(0, key_at + key_hot), (key_end, Self::HOT_LEN - key_end)]
-        } else {
-            [(0, Self::HOT_LEN), (0, 0)]
-        }
-    };
-}
-
-impl<K> SaRuntime<K> {
     /// Recompute where lifetime accounting must next look: the soft limits until they
     /// fired, the hard limits until the SA expired.
     pub(crate) fn update_next_limits(&mut self) {
@@ -246,9 +227,5 @@ mod tests {
         }
         assert!(offset_of!(Rt, lifetime) >= hot, "configured lifetimes are cold");
         assert!(hot <= size_of::<Rt>());
-        // A key with no hot limit (ring's): the whole hot prefix is prefetched.
-        let [(a, al), (b, bl)] = Rt::PREFETCH;
-        assert_eq!((a, a + al), (0, b));
-        assert_eq!(b + bl, hot);
     }
 }
