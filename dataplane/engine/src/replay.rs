@@ -116,7 +116,7 @@ impl ReplayWindow {
     /// `check` then `accept`, in one pass: for a packet whose ICV just verified, checked
     /// again because an earlier packet of its burst may have carried the same number
     /// (the check before decryption saw the window as it was before the burst).
-    #[inline]
+    #[inline(always)]
     pub fn check_and_accept(&mut self, seq: u64) -> Result<bool, ReplayError> {
         if seq == 0 {
             return Err(ReplayError::Stale);
