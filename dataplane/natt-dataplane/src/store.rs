@@ -352,7 +352,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
 /// Keys looked ahead at once (an engine burst).
 const LOOK_AHEAD_MAX: usize = 64;
 /// Look ahead only with at least this many SAs loaded: fewer stay in the caches (their
-/// state is about 1.3 KiB each), where looking ahead would cost more than it saves.
+/// state is 1.3 to 2 KiB each, by crypto library), where looking ahead would cost more than it saves.
 const LOOK_AHEAD_MIN_SAS: usize = 512;
 
 impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
