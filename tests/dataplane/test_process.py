@@ -30,7 +30,7 @@ def test_help_explains_the_options_without_starting_dpdk():
         assert p.returncode == 0
         assert "EAL:" not in p.stdout + p.stderr
         for opt in ("--public", "--protected", "--punt", "--rxq", "--rxd", "--txd", "--burst", "--name", "--stats-period",
-                    "--eth-peer", "--dispatch", "-- [options]"):
+                    "--eth-peer", "--dispatch", "--crypto", "-- [options]"):
             assert opt in p.stdout, opt
 
 
@@ -41,6 +41,9 @@ def test_bad_options_are_refused_before_dpdk_starts():
     assert p.returncode == 2 and "--public and --protected are both port 1" in p.stderr
     p = run(["-l", "0", "--", "--eth-peer", "1,02:00"])
     assert p.returncode == 2 and "not a MAC address" in p.stderr
+    p = run(["-l", "0", "--", "--crypto", "openssl"])
+    assert p.returncode == 2 and "invalid value 'openssl' for '--crypto" in p.stderr, p.stderr
+    assert "[possible values: auto, ipsec-mb, ring]" in p.stderr and "EAL:" not in p.stderr
 
 
 def start_error(ctl, tmp, vdevs, opts=(), eal=(), lcores="0-1"):
