@@ -35,6 +35,7 @@ pub fn library() -> Result<&'static Library, &'static str> {
         .get_or_init(|| {
             ffi::init().map(|(arch, version)| Library {
                 arch: match arch {
+                    1 => "no-aesni",
                     2 => "sse",
                     3 => "avx",
                     4 => "avx2",
@@ -81,6 +82,26 @@ pub fn select(c: Choice) -> Result<(), &'static str> {
     };
     CHOICE.store(v, Ordering::Release);
     Ok(())
+}
+
+/// Apply a `--crypto` value of the dataplane or `natt-pcap`: `ring`; `ipsec-mb` (an
+/// error if the library cannot start); `auto`, intel-ipsec-mb where it starts with AES-NI
+/// (its code without AES-NI is slower than `ring`'s), else `ring`.
+pub fn select_named(name: &str) -> Result<Choice, String> {
+    let choice = match name {
+        "ring" => Choice::Ring,
+        "ipsec-mb" => {
+            library().map_err(|e| format!("--crypto ipsec-mb: intel-ipsec-mb cannot start: {e}; use --crypto ring"))?;
+            Choice::IpsecMb
+        }
+        "auto" => match library() {
+            Ok(lib) if lib.arch != "no-aesni" => Choice::IpsecMb,
+            _ => Choice::Ring,
+        },
+        other => return Err(format!("--crypto {other}: use auto, ipsec-mb or ring")),
+    };
+    select(choice).map_err(str::to_owned)?;
+    Ok(choice)
 }
 
 /// The library [`Auto`] makes AES keys with now.

@@ -1,12 +1,13 @@
-//! `Auto` with `ring` chosen (its own process: the choice is process-wide) makes every
-//! key with `ring`, and keys made before a change keep their library.
+//! `Auto` with `ring` chosen (its own process: the choice is process-wide, so this file
+//! holds one test) makes every key with `ring`, keys made before a change keep their
+//! library, and the `--crypto` values choose as documented.
 
 use natt_engine::crypto::Backend;
 use natt_engine::sa::Algorithm;
 use natt_ipsec_mb::{Auto, Choice};
 
 #[test]
-fn ring_chosen_makes_ring_keys_and_existing_keys_keep_their_library() {
+fn choices_and_the_keys_they_make() {
     assert_eq!(natt_ipsec_mb::selected(), Choice::Ring, "ring until something else is chosen");
     let before = Auto::key(Algorithm::Aes128Gcm, &[7; 16]).unwrap();
     assert_eq!(before.library(), "ring");
@@ -16,4 +17,14 @@ fn ring_chosen_makes_ring_keys_and_existing_keys_keep_their_library() {
     assert_eq!(before.library(), "ring");
     natt_ipsec_mb::select(Choice::Ring).unwrap();
     assert_eq!(Auto::key(Algorithm::Aes256Gcm, &[7; 32]).unwrap().library(), "ring");
+
+    // The option values.
+    assert_eq!(natt_ipsec_mb::select_named("ipsec-mb").unwrap(), Choice::IpsecMb);
+    assert_eq!(natt_ipsec_mb::selected(), Choice::IpsecMb);
+    assert_eq!(natt_ipsec_mb::select_named("ring").unwrap(), Choice::Ring);
+    assert_eq!(natt_ipsec_mb::selected(), Choice::Ring);
+    let auto = natt_ipsec_mb::select_named("auto").unwrap();
+    let lib = natt_ipsec_mb::library().unwrap();
+    assert_eq!(auto == Choice::IpsecMb, lib.arch != "no-aesni", "{lib:?}");
+    assert_eq!(natt_ipsec_mb::select_named("openssl").unwrap_err(), "--crypto openssl: use auto, ipsec-mb or ring");
 }

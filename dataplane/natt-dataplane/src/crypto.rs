@@ -12,26 +12,12 @@ pub fn name() -> &'static str {
 
 /// Apply `--crypto` (`auto`, `ipsec-mb`, `ring`); returns the line that says what was chosen.
 pub fn select(choice: &str) -> Result<String, String> {
-    use natt_ipsec_mb::Choice;
-    let mb = match choice {
-        "ring" => None,
-        "ipsec-mb" => Some(natt_ipsec_mb::library().map_err(|e| {
-            format!("--crypto ipsec-mb: intel-ipsec-mb cannot start: {e}; use --crypto ring (or auto)")
-        })?),
-        _ => natt_ipsec_mb::library().ok(),
-    };
-    match mb {
-        Some(lib) => {
-            natt_ipsec_mb::select(Choice::IpsecMb).map_err(str::to_owned)?;
-            Ok(format!(
-                "intel-ipsec-mb {} ({}) for AES-GCM and GMAC, ring for ChaCha20-Poly1305",
-                lib.version, lib.arch
-            ))
-        }
-        None => {
-            natt_ipsec_mb::select(Choice::Ring).map_err(str::to_owned)?;
-            let why = if choice == "ring" { "" } else { " (intel-ipsec-mb cannot start on this CPU)" };
-            Ok(format!("ring for every algorithm{why}"))
-        }
+    match (natt_ipsec_mb::select_named(choice)?, natt_ipsec_mb::library()) {
+        (natt_ipsec_mb::Choice::IpsecMb, Ok(lib)) => Ok(format!(
+            "intel-ipsec-mb {} ({}) for AES-GCM and GMAC, ring for ChaCha20-Poly1305",
+            lib.version, lib.arch
+        )),
+        _ if choice == "ring" => Ok("ring for every algorithm".to_owned()),
+        _ => Ok("ring for every algorithm (intel-ipsec-mb has no AES-NI code path here)".to_owned()),
     }
 }

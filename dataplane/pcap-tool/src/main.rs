@@ -83,13 +83,7 @@ pub type Eng = Engine<natt_ipsec_mb::Auto>;
 
 /// Apply `--crypto` before any key is made.
 fn select_crypto(choice: &str) -> Result<(), String> {
-    use natt_ipsec_mb::Choice;
-    let lib = natt_ipsec_mb::library();
-    match (choice, lib) {
-        ("ring", _) | ("auto", Err(_)) => natt_ipsec_mb::select(Choice::Ring).map_err(str::to_owned),
-        (_, Ok(_)) => natt_ipsec_mb::select(Choice::IpsecMb).map_err(str::to_owned),
-        (_, Err(e)) => Err(format!("--crypto ipsec-mb: intel-ipsec-mb cannot start: {e}; use --crypto ring")),
-    }
+    natt_ipsec_mb::select_named(choice).map(|_| ())
 }
 
 const HEADROOM: usize = 128;
