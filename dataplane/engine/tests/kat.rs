@@ -7,13 +7,13 @@
 //! which exercises the engine's own nonce, AAD (with ESN inference) and trailer code.
 
 use natt_engine::crypto::{AeadKey, Backend, Ring, nonce};
-use natt_engine::sa::config::{parse_config, parse_sa};
+use natt_engine::sa::config::parse_sa;
 use natt_engine::{Engine, EngineConfig, Frame, InResult, InVerdict, PktBuf};
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod mcgrew;
 
-use mcgrew::{algorithm, vectors};
+use mcgrew::{algorithm, frame, inbound_sa, vectors};
 
 #[test]
 fn the_file_has_what_we_test() {
@@ -68,26 +68,6 @@ fn aes192_is_refused_by_configuration() {
     assert!(e.message.contains("AES-192 is not offered by the crypto backend"), "{}", e.message);
 }
 
-/// An Ethernet + IPv4 frame carrying `esp` as plain ESP or in UDP/4500.
-fn frame(esp: &[u8], udp: bool) -> Vec<u8> {
-    let l4 = if udp { 8 } else { 0 };
-    let total = 20 + l4 + esp.len();
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0, 0, 64, if udp { 17 } else { 50 }, 0, 0];
-    ip.extend_from_slice(&[192, 0, 2, 2, 192, 0, 2, 1]);
-    let c = natt_engine::wire::checksum::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    if udp {
-        let ul = (8 + esp.len()) as u16;
-        f.extend_from_slice(&[0x11, 0x94, 0x11, 0x94]);
-        f.extend_from_slice(&ul.to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-    }
-    f.extend_from_slice(esp);
-    f
-}
-
 #[test]
 fn engine_decapsulates_every_vector_with_an_assignable_spi() {
     let mut n = 0;
@@ -97,16 +77,7 @@ fn engine_decapsulates_every_vector_with_an_assignable_spi() {
             continue; // gcm-04: SPI 0 is reserved; the engine refuses it (tested below).
         }
         for udp in [false, true] {
-            let cfg = json!({"sas": [{
-                "spi": v.spi, "direction": "inbound", "mode": "transport", "algorithm": alg.name(),
-                "key": hex::encode(&v.key), "salt": hex::encode(v.salt),
-                "local": "192.0.2.1", "peer": "192.0.2.2",
-                "encap": if udp { json!({"local_port": 4500, "peer_port": 4500}) } else { Value::Null },
-                "esn": v.esn, "replay_window": 64,
-                "last_seq": v.seq64 - 1,
-            }]});
-            let sas = parse_config(&cfg.to_string(), None).unwrap();
-            let mut eng: Engine = Engine::with_sas(EngineConfig::default(), sas).unwrap();
+            let mut eng: Engine = Engine::with_sas(EngineConfig::default(), inbound_sa(&v, alg, udp)).unwrap();
             let mut pkts = [PktBuf::from_frame(&frame(&v.esp_packet, udp), 128, 64)];
             let mut res = [InResult::default()];
             eng.decap_burst(&mut pkts, 0, &mut res, &mut Vec::new());

@@ -21,7 +21,7 @@ use serde_json::json;
 #[path = "../../engine/tests/mcgrew/mod.rs"]
 mod mcgrew;
 
-use mcgrew::{Vector, algorithm, vectors};
+use mcgrew::{Vector, algorithm, frame, inbound_sa, vectors};
 
 fn is_gmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::Aes128Gmac | Algorithm::Aes256Gmac)
@@ -75,27 +75,10 @@ fn chacha_and_wrong_lengths_are_refused() {
     assert_eq!(e.to_string(), "aes128-gcm needs a 16-byte key, got 32");
 }
 
-/// The engine on `B` over a transport-mode SA for the vector, its ESP packet in UDP.
+/// The engine on `B` over the vector's transport-mode SA, its ESP packet in UDP.
 fn decap_vector<B: Backend>(v: &Vector, alg: Algorithm) -> Vec<u8> {
-    let cfg = json!({"sas": [{
-        "spi": v.spi, "direction": "inbound", "mode": "transport", "algorithm": alg.name(),
-        "key": hex::encode(&v.key), "salt": hex::encode(v.salt),
-        "local": "192.0.2.1", "peer": "192.0.2.2", "encap": {"local_port": 4500, "peer_port": 4500},
-        "esn": v.esn, "replay_window": 64, "last_seq": v.seq64 - 1,
-    }]});
-    let mut eng: Engine<B> =
-        Engine::with_sas(EngineConfig::default(), parse_config(&cfg.to_string(), None).unwrap()).unwrap();
-    let total = 28 + v.esp_packet.len();
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0];
-    let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0, 0, 64, 17, 0, 0, 192, 0, 2, 2, 192, 0, 2, 1];
-    let c = natt_engine::wire::checksum::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&[0x11, 0x94, 0x11, 0x94]);
-    f.extend_from_slice(&((8 + v.esp_packet.len()) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(&v.esp_packet);
-    let mut pkts = [PktBuf::from_frame(&f, 128, 64)];
+    let mut eng: Engine<B> = Engine::with_sas(EngineConfig::default(), inbound_sa(v, alg, true)).unwrap();
+    let mut pkts = [PktBuf::from_frame(&frame(&v.esp_packet, true), 128, 64)];
     let mut res = [InResult::default()];
     eng.decap_burst(&mut pkts, 0, &mut res, &mut Vec::new());
     assert_eq!(res[0].verdict, InVerdict::Transport, "{}", v.id);

@@ -1,9 +1,12 @@
 //! The draft-mcgrew-gcm-test-01 ESP vectors (`tests/data/mcgrew-gcm-esp.json`, copied
 //! from the project's shared vectors), read for the known-answer tests of both crypto
-//! backends (`tests/kat.rs` here, `dataplane/ipsec-mb/tests/vectors.rs`).
+//! backends (`tests/kat.rs` here, `dataplane/ipsec-mb/tests/vectors.rs`), and the frame and
+//! transport-mode SA that put a vector's ESP packet through the engine.
 
+use natt_engine::SaParams;
 use natt_engine::sa::Algorithm;
-use serde_json::Value;
+use natt_engine::sa::config::parse_config;
+use serde_json::{Value, json};
 
 pub struct Vector {
     pub id: String,
@@ -68,4 +71,38 @@ pub fn algorithm(v: &Vector) -> Option<Algorithm> {
         (256, true) => Some(Algorithm::Aes256Gmac),
         _ => None,
     }
+}
+
+/// An Ethernet + IPv4 frame carrying `esp` as plain ESP or in UDP/4500.
+pub fn frame(esp: &[u8], udp: bool) -> Vec<u8> {
+    let l4 = if udp { 8 } else { 0 };
+    let total = 20 + l4 + esp.len();
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0, 0, 64, if udp { 17 } else { 50 }, 0, 0];
+    ip.extend_from_slice(&[192, 0, 2, 2, 192, 0, 2, 1]);
+    let c = natt_engine::wire::checksum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    if udp {
+        let ul = (8 + esp.len()) as u16;
+        f.extend_from_slice(&[0x11, 0x94, 0x11, 0x94]);
+        f.extend_from_slice(&ul.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+    }
+    f.extend_from_slice(esp);
+    f
+}
+
+/// The headend's inbound transport-mode SA for `v`: its key, SPI and ESN, the window just
+/// below its sequence number, in UDP/4500 or plain ESP.
+pub fn inbound_sa(v: &Vector, alg: Algorithm, udp: bool) -> Vec<SaParams> {
+    let cfg = json!({"sas": [{
+        "spi": v.spi, "direction": "inbound", "mode": "transport", "algorithm": alg.name(),
+        "key": hex::encode(&v.key), "salt": hex::encode(v.salt),
+        "local": "192.0.2.1", "peer": "192.0.2.2",
+        "encap": if udp { json!({"local_port": 4500, "peer_port": 4500}) } else { Value::Null },
+        "esn": v.esn, "replay_window": 64,
+        "last_seq": v.seq64 - 1,
+    }]});
+    parse_config(&cfg.to_string(), None).unwrap()
 }
