@@ -41,8 +41,8 @@ pub(crate) const KEY_DATA_LEN: usize = 1024;
 pub(crate) struct KeyData(pub(crate) [u8; KEY_DATA_LEN]);
 
 /// Make the library's manager (once per process; later calls return the same answer).
-/// Returns the architecture its code paths use (`IMB_ARCH`: 2 SSE, 3 AVX, 4 AVX2,
-/// 5 AVX-512) and its version.
+/// Returns the architecture its code paths use (`IMB_ARCH`: 1 no AES-NI, 2 SSE, 3 AVX,
+/// 4 AVX2, 5 AVX-512) and its version.
 pub(crate) fn init() -> Result<(i32, String), String> {
     // SAFETY: natt_mb_key_data_size takes nothing and returns a constant.
     let need = unsafe { natt_mb_key_data_size() };

@@ -84,6 +84,9 @@ pub fn select(c: Choice) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The values of the dataplane's and `natt-pcap`'s `--crypto` option.
+pub const CRYPTO_VALUES: [&str; 3] = ["auto", "ipsec-mb", "ring"];
+
 /// Apply a `--crypto` value of the dataplane or `natt-pcap`: `ring`; `ipsec-mb` (an
 /// error if the library cannot start); `auto`, intel-ipsec-mb where it starts with AES-NI
 /// (its code without AES-NI is slower than `ring`'s), else `ring`.
@@ -98,7 +101,7 @@ pub fn select_named(name: &str) -> Result<Choice, String> {
             Ok(lib) if lib.arch != "no-aesni" => Choice::IpsecMb,
             _ => Choice::Ring,
         },
-        other => return Err(format!("--crypto {other}: use auto, ipsec-mb or ring")),
+        other => return Err(format!("--crypto {other}: use one of {}", CRYPTO_VALUES.join(", "))),
     };
     select(choice).map_err(str::to_owned)?;
     Ok(choice)

@@ -98,7 +98,7 @@ pub struct Args {
     /// library of DPDK's aesni_gcm and aesni_mb drivers, called directly on the worker),
     /// `ring` is ring; `auto` takes intel-ipsec-mb where it starts (a CPU with AES-NI),
     /// else ring. ChaCha20-Poly1305 SAs always use ring.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "ipsec-mb", "ring"])]
+    #[arg(long, default_value = "auto", value_parser = natt_ipsec_mb::CRYPTO_VALUES)]
     pub crypto: String,
     /// Checksum offloads: `auto` uses what each port has (RX: the IPv4 header checksum
     /// verified by the public and protected ports; TX: the outer IPv4 header checksum and,

@@ -18,6 +18,7 @@ pub fn select(choice: &str) -> Result<String, String> {
             lib.version, lib.arch
         )),
         _ if choice == "ring" => Ok("ring for every algorithm".to_owned()),
-        _ => Ok("ring for every algorithm (intel-ipsec-mb has no AES-NI code path here)".to_owned()),
+        (_, Ok(_)) => Ok("ring for every algorithm (intel-ipsec-mb has no AES-NI code path here)".to_owned()),
+        (_, Err(e)) => Ok(format!("ring for every algorithm (intel-ipsec-mb cannot start: {e})")),
     }
 }

@@ -74,17 +74,12 @@ struct Run {
     quiet: bool,
     /// Crypto library for AES-GCM and GMAC SAs, as natt-dataplane's option: `ipsec-mb`
     /// (intel-ipsec-mb), `ring`, or `auto` (intel-ipsec-mb where it starts).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "ipsec-mb", "ring"])]
+    #[arg(long, default_value = "auto", value_parser = natt_ipsec_mb::CRYPTO_VALUES)]
     crypto: String,
 }
 
 /// The engine over the crypto library chosen with `--crypto`.
 pub type Eng = Engine<natt_ipsec_mb::Auto>;
-
-/// Apply `--crypto` before any key is made.
-fn select_crypto(choice: &str) -> Result<(), String> {
-    natt_ipsec_mb::select_named(choice).map(|_| ())
-}
 
 const HEADROOM: usize = 128;
 const TAILROOM: usize = 128;
@@ -134,7 +129,8 @@ fn process(r: Run, decap: bool) -> Result<(), String> {
         mtu: usize::from(r.mtu),
         ..EngineConfig::default()
     };
-    select_crypto(&r.crypto)?;
+    // Before any key is made.
+    natt_ipsec_mb::select_named(&r.crypto)?;
     // Everything that can be wrong with the configuration is found before any packet.
     let mut engine = load_engine(&r.config, cfg)?;
     let mut reader = CaptureReader::open(&r.input).map_err(|e| e.to_string())?;
