@@ -77,8 +77,16 @@ int natt_mb_gcm_open(size_t key_len, const void *kd, const uint8_t iv[12], const
 	else
 		IMB_AES256_GCM_DEC(mgr, (const struct gcm_key_data *)kd, &ctx, data, data, len, iv, aad,
 				   aad_len, t, 16);
-	volatile uint8_t diff = 0;
-	for (int i = 0; i < 16; i++)
-		diff |= t[i] ^ tag[i];
+	/* Constant time: two 64-bit XORs, no branch on the data until the one answer. (A
+	 * volatile byte accumulator, the usual idiom, costs 16 dependent stores and loads:
+	 * about 90 cycles a packet.) The empty asm keeps the compiler from turning this
+	 * into an early-exit compare. */
+	uint64_t a0, a1, b0, b1;
+	memcpy(&a0, t, 8);
+	memcpy(&a1, t + 8, 8);
+	memcpy(&b0, tag, 8);
+	memcpy(&b1, tag + 8, 8);
+	uint64_t diff = (a0 ^ b0) | (a1 ^ b1);
+	__asm__("" : "+r"(diff));
 	return diff != 0;
 }
