@@ -11,7 +11,7 @@ use crate::event::{Event, EventKind, Host};
 use crate::reason::{DropReason, PuntReason};
 use crate::reassembly::{FragOutcome, Fragment};
 use crate::replay::ReplayError;
-use crate::sa::{Direction, Endpoint, Mode, SaRuntime, SaStore};
+use crate::sa::{Direction, Endpoint, InboundAhead, Mode, SaRuntime, SaStore};
 use crate::wire::esp::{self, ICV_LEN, NattKind, PREFIX_LEN};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::{WireError, be32, checksum, ipv4, ipv6, proto, udp};
@@ -163,10 +163,12 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         // first, so that the lookups' memory accesses overlap) and check the packet
         // against it before any crypto (destination, encapsulation, lengths, anti-replay).
         if self.sas.looks_ahead() {
-            let mut keys = [(0u32, 0u32); MAX_BURST];
+            let mut keys = [InboundAhead::default(); MAX_BURST];
             let mut k = 0;
             for m in meta.iter().filter(|m| m.live) {
-                keys[k] = (m.spi, m.seq as u32);
+                // ESP header, IV and ICV aside (an estimate: a hint for the caches).
+                let len = m.end.saturating_sub(m.esp + 32) as u32;
+                keys[k] = InboundAhead { spi: m.spi, seq: m.seq as u32, len };
                 k += 1;
             }
             self.sas.look_ahead_inbound(&keys[..k]);

@@ -9,7 +9,7 @@ use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account, expire};
 use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
 use crate::reason::{DropReason, PuntReason};
-use crate::sa::{DfPolicy, Endpoint, Mode, SaStore};
+use crate::sa::{DfPolicy, Endpoint, Mode, OutboundAhead, SaStore};
 use crate::wire::esp::{self, ICV_LEN, PREFIX_LEN, TRAILER_LEN};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::{WireError, checksum, ipv4, ipv6, proto, udp};
@@ -176,13 +176,13 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         // burst first, so that the lookups' memory accesses overlap); check the source
         // against its selectors.
         if self.sas.looks_ahead() {
-            let mut dsts = [IpAddr::V4(Ipv4Addr::UNSPECIFIED); MAX_BURST];
+            let mut keys = [OutboundAhead { dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED), len: 0 }; MAX_BURST];
             let mut k = 0;
             for m in meta.iter().filter(|m| m.live) {
-                dsts[k] = m.dst;
+                keys[k] = OutboundAhead { dst: m.dst, len: m.plen as u32 };
                 k += 1;
             }
-            self.sas.look_ahead_outbound(&dsts[..k]);
+            self.sas.look_ahead_outbound(&keys[..k]);
         }
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
             if m.live {

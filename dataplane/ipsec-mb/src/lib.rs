@@ -18,7 +18,7 @@ mod ffi;
 use natt_engine::crypto::{AeadKey, AuthFailed, Backend, Icv, KeyError, Nonce, Ring, RingKey};
 use natt_engine::sa::Algorithm;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// What intel-ipsec-mb said when it started: the code path it uses, its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,24 +29,46 @@ pub struct Library {
 
 static LIBRARY: OnceLock<Result<Library, String>> = OnceLock::new();
 
+/// Where the code path in use keeps the GHASH key powers in `struct gcm_key_data` (read
+/// off the 1.3 assembly): the VAES/AVX-512 code (AVX-512 with VAES and VPCLMULQDQ) keeps
+/// H^48 down to H^1 in bytes 240..1008 and reads the last n of them for n blocks; the
+/// other paths keep 8 powers (and 8 Karatsuba halves) from byte 240, to 496 at most.
+/// For `MbKey::hot_spans` only: a wrong answer costs time, never correctness.
+static WIDE_GHASH: AtomicBool = AtomicBool::new(false);
+/// Round keys: 11 (AES-128) or 15 (AES-256) of 16 bytes, from the start.
+const ROUND_KEYS_END: usize = 240;
+/// End of the VAES path's 48 hash-key powers, and of the other paths' 16 entries.
+const WIDE_GHASH_END: usize = 1008;
+const NARROW_GHASH_END: usize = 496;
+
 /// Start the library (once; later calls return the first answer).
 pub fn library() -> Result<&'static Library, &'static str> {
     LIBRARY
         .get_or_init(|| {
-            ffi::init().map(|(arch, version)| Library {
-                arch: match arch {
-                    1 => "no-aesni",
-                    2 => "sse",
-                    3 => "avx",
-                    4 => "avx2",
-                    5 => "avx512",
-                    _ => "other",
-                },
-                version,
+            ffi::init().map(|(arch, version)| {
+                WIDE_GHASH.store(arch == 5 && has_vaes(), Ordering::Relaxed);
+                Library {
+                    arch: match arch {
+                        1 => "no-aesni",
+                        2 => "sse",
+                        3 => "avx",
+                        4 => "avx2",
+                        5 => "avx512",
+                        _ => "other",
+                    },
+                    version,
+                }
             })
         })
         .as_ref()
         .map_err(String::as_str)
+}
+
+fn has_vaes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("vaes") && std::arch::is_x86_feature_detected!("vpclmulqdq");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Which library [`Auto`] makes AES-GCM and GMAC keys with.
@@ -158,6 +180,22 @@ impl AeadKey for MbKey {
     fn open(&self, nonce: &Nonce, aad: &[u8], data: &mut [u8], icv: &Icv) -> Result<(), AuthFailed> {
         if ffi::gcm_open(self.key_len, &self.kd, nonce, aad, data, icv) { Ok(()) } else { Err(AuthFailed) }
     }
+
+    /// The round keys and the hash-key powers that `data_len` bytes need: with the
+    /// VAES code, a 64-byte packet reads 6 of the key's 16 cache lines.
+    #[inline]
+    fn hot_spans(&self, data_len: usize, f: &mut impl FnMut(*const u8, usize)) {
+        let kd = &self.kd.0;
+        if WIDE_GHASH.load(Ordering::Relaxed) {
+            f(kd.as_ptr(), ROUND_KEYS_END);
+            // The data's blocks and one for the AAD (the lengths block takes H^1 too).
+            let powers = (data_len.div_ceil(16) + 1).min(48);
+            let start = WIDE_GHASH_END - 16 * powers;
+            f(kd[start..].as_ptr(), 16 * powers);
+        } else {
+            f(kd.as_ptr(), NARROW_GHASH_END);
+        }
+    }
 }
 
 impl Drop for MbKey {
@@ -225,6 +263,47 @@ impl AeadKey for AutoKey {
         match self {
             AutoKey::Mb(k) => k.open(nonce, aad, data, icv),
             AutoKey::Ring(k) => k.open(nonce, aad, data, icv),
+        }
+    }
+
+    #[inline]
+    fn hot_spans(&self, data_len: usize, f: &mut impl FnMut(*const u8, usize)) {
+        match self {
+            AutoKey::Mb(k) => k.hot_spans(data_len, f),
+            AutoKey::Ring(k) => k.hot_spans(data_len, f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spans(k: &MbKey, data_len: usize) -> Vec<(usize, usize)> {
+        let base = k.kd.0.as_ptr() as usize;
+        let mut v = Vec::new();
+        k.hot_spans(data_len, &mut |at, n| v.push((at as usize - base, n)));
+        v
+    }
+
+    #[test]
+    fn hot_spans_name_the_round_keys_and_the_hash_key_powers_the_length_needs() {
+        let lib = library().expect("intel-ipsec-mb starts");
+        assert_eq!(WIDE_GHASH.load(Ordering::Relaxed), lib.arch == "avx512" && has_vaes());
+        for alg in [Algorithm::Aes128Gcm, Algorithm::Aes256Gcm] {
+            let k = IpsecMb::key(alg, &vec![7; alg.key_len()]).expect("key");
+            for (len, powers) in
+                [(0, 1), (1, 2), (64, 5), (68, 6), (512, 33), (736, 47), (752, 48), (1420, 48), (9000, 48)]
+            {
+                let want = if WIDE_GHASH.load(Ordering::Relaxed) {
+                    vec![(0, 240), (1008 - 16 * powers, 16 * powers)]
+                } else {
+                    vec![(0, 496)]
+                };
+                let got = spans(&k, len);
+                assert_eq!(got, want, "{alg:?}, {len} bytes");
+                assert!(got.iter().all(|&(at, n)| at + n <= ffi::KEY_DATA_LEN));
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use crossbeam_queue::ArrayQueue;
 use natt_dpdk::prefetch;
 use natt_engine::crypto::Backend;
 use natt_engine::reason::DropReason;
-use natt_engine::sa::{Direction, Endpoint, SaEntry, SaRuntime, SaStore};
+use natt_engine::sa::{Direction, Endpoint, InboundAhead, OutboundAhead, SaEntry, SaRuntime, SaStore};
 use natt_sadb::Reader;
 use natt_sadb::dp::Reservations;
 use natt_sadb::index::slot_named;
@@ -41,6 +41,32 @@ struct OutHint {
     dst: IpAddr,
     found: Found,
     spi: u32,
+}
+
+/// A loaded state and the uid of the record it was built from (`Built::uid`, kept here
+/// too so that the check does not load the state).
+struct Held<K> {
+    uid: u64,
+    b: Box<Built<K>>,
+}
+
+impl<K> Held<K> {
+    fn new(b: Box<Built<K>>) -> Self {
+        Held { uid: b.uid, b }
+    }
+}
+
+impl<K> std::ops::Deref for Held<K> {
+    type Target = Built<K>;
+    fn deref(&self) -> &Built<K> {
+        &self.b
+    }
+}
+
+impl<K> std::ops::DerefMut for Held<K> {
+    fn deref_mut(&mut self) -> &mut Built<K> {
+        &mut self.b
+    }
 }
 
 /// What the store counts (published with the worker's counters).
@@ -66,7 +92,9 @@ pub struct ShmStore<'a, B: Backend> {
     owners: &'a Owners,
     me: usize,
     snap: Snapshot,
-    cache: Vec<Option<Box<Built<B::Key>>>>,
+    /// Loaded states by slot, each with its record's uid beside the pointer: checking
+    /// that a slot is current reads one line.
+    cache: Vec<Option<Held<B::Key>>>,
     /// States the builder made, by slot, until their SA's first packet.
     prepared: Vec<Option<Box<Built<B::Key>>>>,
     lanes: &'a Lanes<B::Key>,
@@ -231,7 +259,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             if same {
                 if let Some(mut old) = self.cache[s as usize].take() {
                     b.entry.rt.carry_over(&mut old.entry.rt);
-                    self.give_back(old);
+                    self.give_back(old.b);
                     carried = true;
                 }
                 break;
@@ -252,10 +280,10 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             if self.by_spi.get(&gone) == Some(&f.slot) {
                 self.by_spi.remove(&gone);
             }
-            self.give_back(old);
+            self.give_back(old.b);
         }
         self.by_spi.insert(key, f.slot);
-        self.cache[f.slot as usize] = Some(b);
+        self.cache[f.slot as usize] = Some(Held::new(b));
         self.counters.loads += 1;
         Ok(f.slot)
     }
@@ -304,17 +332,21 @@ fn hint_index(dst: &IpAddr) -> usize {
 }
 
 impl<'a, B: Backend> ShmStore<'a, B> {
-    /// Look ahead for the lookups of a burst, in three passes, each starting the loads
-    /// the next needs: the first bucket of each lookup's chain (`bucket`: it and the tag
-    /// to match there); then, buckets now near, the record the bucket names and this
-    /// worker's cache entry for it; then the runtime state the stages read (lookup
-    /// fields, key schedule, counters, and the replay word of `seq`). Worth it only when
-    /// SAs are many (`looks_ahead`): a few stay in the caches.
+    /// Look ahead for the lookups of a burst, in four passes, each starting the loads
+    /// the next needs, so that no pass waits on a miss started just before: the first
+    /// bucket of each lookup's chain (`bucket`: it and the tag to match there); then,
+    /// buckets now near, the record the bucket names and this worker's cache entry for
+    /// it; then the head of the runtime state (`SaRuntime::HEAD_LEN`) and the first line
+    /// of its key; then, the head now near, what the packet's crypto and checks read of
+    /// the rest (`SaRuntime::hot_spans`: selectors, round keys, the hash-key powers its
+    /// length needs) and the replay word of `seq`. Worth it only when SAs are many
+    /// (`looks_ahead`): a few stay in the caches.
     fn look_ahead<K: Copy>(
         &self,
         keys: &[K],
         bucket: impl Fn(K) -> Option<(&'a AtomicU64, u32)>,
         seq: impl Fn(K) -> Option<u64>,
+        len: impl Fn(K) -> u32,
     ) {
         let keys = &keys[..keys.len().min(LOOK_AHEAD_MAX)];
         let mut buckets = [None; LOOK_AHEAD_MAX];
@@ -336,11 +368,18 @@ impl<'a, B: Backend> ShmStore<'a, B> {
                 }
             }
         }
+        type Rt<K> = SaRuntime<K>;
+        for &s in &slots[..keys.len()] {
+            if let Some(Some(c)) = self.cache.get(s as usize) {
+                let rt = &c.entry.rt;
+                prefetch::span(core::ptr::from_ref(rt).cast(), Rt::<B::Key>::HEAD_LEN);
+                prefetch::span(core::ptr::from_ref(&rt.key).cast(), 1);
+            }
+        }
         for (&s, &k) in slots.iter().zip(keys) {
             if let Some(Some(c)) = self.cache.get(s as usize) {
                 let rt = &c.entry.rt;
-                // All of it but the rarely read tail (per-reason drops, lifetimes).
-                prefetch::lines(rt, SaRuntime::<B::Key>::HOT_LEN.div_ceil(prefetch::LINE));
+                rt.hot_spans(len(k) as usize, &mut |at, n| prefetch::span(at, n));
                 if let Some(w) = seq(k).and_then(|q| rt.replay.word(q)) {
                     prefetch::line(w);
                 }
@@ -352,7 +391,8 @@ impl<'a, B: Backend> ShmStore<'a, B> {
 /// Keys looked ahead at once (an engine burst).
 const LOOK_AHEAD_MAX: usize = 64;
 /// Look ahead only with at least this many SAs loaded: fewer stay in the caches (their
-/// state is 1.3 to 2 KiB each, by crypto library), where looking ahead would cost more than it saves.
+/// state is 1.3 to 2 KiB each, by crypto library), where looking ahead would cost more than
+/// it saves.
 const LOOK_AHEAD_MIN_SAS: usize = 512;
 
 impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
@@ -362,19 +402,20 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
     }
 
     #[inline]
-    fn look_ahead_inbound(&mut self, keys: &[(u32, u32)]) {
+    fn look_ahead_inbound(&mut self, keys: &[InboundAhead]) {
         let (r, s) = (self.reader, self.snap);
         self.look_ahead(
             keys,
-            |(spi, _)| Some(r.spi_bucket(&s, Direction::Inbound, spi)),
-            |(_, seq)| Some(u64::from(seq)),
+            |k| Some(r.spi_bucket(&s, Direction::Inbound, k.spi)),
+            |k| Some(u64::from(k.seq)),
+            |k| k.len,
         );
     }
 
     #[inline]
-    fn look_ahead_outbound(&mut self, dsts: &[IpAddr]) {
+    fn look_ahead_outbound(&mut self, keys: &[OutboundAhead]) {
         let (r, s) = (self.reader, self.snap);
-        self.look_ahead(dsts, |d| r.lpm_bucket(&s, &d), |_| None);
+        self.look_ahead(keys, |k| r.lpm_bucket(&s, &k.dst), |_| None, |k| k.len);
     }
 
     #[inline]

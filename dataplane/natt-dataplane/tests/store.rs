@@ -10,7 +10,7 @@ use natt_dataplane::store::{NatUpdate, ShmStore};
 use natt_engine::DropReason;
 use natt_engine::crypto::Ring;
 use natt_engine::sa::config::parse_sa;
-use natt_engine::sa::{Direction, Endpoint, SaParams, SaStore};
+use natt_engine::sa::{Direction, Endpoint, InboundAhead, OutboundAhead, SaParams, SaStore};
 use natt_sadb::dp::DpSegment;
 use natt_sadb::index::slot_named;
 use natt_sadb::layout::DpLayout;
@@ -362,20 +362,33 @@ fn looking_ahead_names_the_records_a_lookup_reads_and_changes_no_result() {
     // Bursts of lookups with and without looking ahead, hostile keys among them.
     let mut absent = 0;
     for burst in 0..40u32 {
-        let keys: Vec<(u32, u32)> =
-            (0..64u32).map(|k| (0x10000 + (burst * 61 + k * 7) % (n + 40), k.wrapping_mul(0x9e37_79b9))).collect();
-        let dsts: Vec<IpAddr> = keys.iter().map(|&(spi, _)| dst(spi + 0x10000)).collect();
-        let before: Vec<_> = keys.iter().map(|&(spi, _)| s.inbound(spi)).collect();
-        let out_before: Vec<_> = dsts.iter().map(|d| s.outbound(d)).collect();
+        // Lengths from none to far beyond any packet: the spans they name are hints.
+        let keys: Vec<InboundAhead> = (0..64u32)
+            .map(|k| InboundAhead {
+                spi: 0x10000 + (burst * 61 + k * 7) % (n + 40),
+                seq: k.wrapping_mul(0x9e37_79b9),
+                len: [0, 1, 64, 1420, 9000, u32::MAX][k as usize % 6],
+            })
+            .collect();
+        let outs: Vec<OutboundAhead> =
+            keys.iter().map(|k| OutboundAhead { dst: dst(k.spi + 0x10000), len: k.len }).collect();
+        let before: Vec<_> = keys.iter().map(|k| s.inbound(k.spi)).collect();
+        let out_before: Vec<_> = outs.iter().map(|o| s.outbound(&o.dst)).collect();
         s.look_ahead_inbound(&keys);
-        s.look_ahead_outbound(&dsts);
-        assert_eq!(keys.iter().map(|&(spi, _)| s.inbound(spi)).collect::<Vec<_>>(), before);
-        assert_eq!(dsts.iter().map(|d| s.outbound(d)).collect::<Vec<_>>(), out_before);
+        s.look_ahead_outbound(&outs);
+        assert_eq!(keys.iter().map(|k| s.inbound(k.spi)).collect::<Vec<_>>(), before);
+        assert_eq!(outs.iter().map(|o| s.outbound(&o.dst)).collect::<Vec<_>>(), out_before);
         absent += before.iter().filter(|x| **x == Err(DropReason::NoSa)).count();
     }
     assert!(absent > 0, "some keys name no SA");
-    s.look_ahead_inbound(&[(0, 0), (u32::MAX, u32::MAX)]);
-    s.look_ahead_outbound(&["::1".parse().unwrap(), "0.0.0.0".parse().unwrap()]);
+    s.look_ahead_inbound(&[
+        InboundAhead { spi: 0, seq: 0, len: 0 },
+        InboundAhead { spi: u32::MAX, seq: u32::MAX, len: u32::MAX },
+    ]);
+    s.look_ahead_outbound(&[
+        OutboundAhead { dst: "::1".parse().unwrap(), len: u32::MAX },
+        OutboundAhead { dst: "0.0.0.0".parse().unwrap(), len: 0 },
+    ]);
 }
 
 /// Run the builder until it has handed on everything it can see.

@@ -37,6 +37,16 @@ pub trait AeadKey: Send + Sync + 'static {
     /// Verify `icv` over `aad` and `data`, decrypting `data` in place. On failure the
     /// contents of `data` are unspecified.
     fn open(&self, nonce: &Nonce, aad: &[u8], data: &mut [u8], icv: &Icv) -> Result<(), AuthFailed>;
+
+    /// The parts of this key that sealing or opening `data_len` bytes reads, as (start,
+    /// length) byte spans, for a store that loads SAs' state ahead of their packets
+    /// (the pointers are never dereferenced; a span too many or too few costs time, not
+    /// correctness). The default: the whole key.
+    #[inline]
+    fn hot_spans(&self, data_len: usize, f: &mut impl FnMut(*const u8, usize)) {
+        let _ = data_len;
+        f(core::ptr::from_ref(self).cast(), core::mem::size_of_val(self));
+    }
 }
 
 /// A crypto library.

@@ -50,10 +50,12 @@ impl SaStats {
     }
 }
 
-/// Hot per-SA state. `repr(C)`, in the order packets need it: what every packet reads
-/// (flags, addresses, counters, replay window, selectors, key schedule, the packet and
-/// byte counts), then what is rarely read (per-reason drop counts, configured
-/// lifetimes), so that looking ahead loads a prefix of it.
+/// Hot per-SA state. `repr(C)`, in the order packets need it: a head that every packet
+/// reads (flags, addresses, sequence numbers, replay window, lifetime thresholds, the
+/// packet and byte counts: `HEAD_LEN` bytes, three cache lines), then the per-reason drop
+/// counts, the selectors and the key, of which a packet reads what `hot_spans` names, and
+/// last the configured lifetimes, which it never reads. A store that looks ahead loads
+/// the head and the hot spans, not the whole (1.3 to 2 KiB by crypto library).
 #[repr(C, align(64))]
 pub struct SaRuntime<K> {
     pub spi: u32,
@@ -85,12 +87,13 @@ pub struct SaRuntime<K> {
     /// reaches these (the nearest soft or hard limit not yet acted on; `u64::MAX`: none).
     pub(crate) next_limit_packets: u64,
     pub(crate) next_limit_bytes: u64,
+    /// Packet and byte counts first (the head ends with them), then drop counts.
+    pub stats: SaStats,
     pub paired_spi: Option<u32>,
     /// Tunnel-mode traffic selectors, ready for per-packet checks.
     pub sel_local: SelectorSet,
     pub sel_peer: SelectorSet,
     pub key: K,
-    pub stats: SaStats,
     /// Fixed at construction: `next_limit_*` are derived from it.
     pub(crate) lifetime: Lifetime,
 }
@@ -166,6 +169,20 @@ impl<K: AeadKey> SaRuntime<K> {
         self.update_next_limits();
     }
 
+    /// Besides the head (`HEAD_LEN`), the parts of this state that a packet with
+    /// `data_len` bytes to seal or open reads: the selectors (tunnel mode) and the key's
+    /// hot spans, as (start, length). For a store that looks ahead; reads the key's
+    /// first line.
+    #[inline]
+    pub fn hot_spans(&self, data_len: usize, f: &mut impl FnMut(*const u8, usize)) {
+        if self.mode == Mode::Tunnel {
+            for s in [&self.sel_local, &self.sel_peer] {
+                f(core::ptr::from_ref(s).cast(), core::mem::size_of::<SelectorSet>());
+            }
+        }
+        self.key.hot_spans(data_len, f);
+    }
+
     /// Count a drop attributed to this SA.
     #[inline]
     pub fn count_drop(&mut self, r: DropReason) {
@@ -176,9 +193,12 @@ impl<K: AeadKey> SaRuntime<K> {
 }
 
 impl<K> SaRuntime<K> {
-    /// Bytes from the start that packets read: up to and including the packet and byte
-    /// counts (see the field order).
-    pub const HOT_LEN: usize = core::mem::offset_of!(Self, stats) + 16;
+    /// Bytes from the start that every packet reads: up to and including the packet and
+    /// byte counts (see the field order).
+    pub const HEAD_LEN: usize = core::mem::offset_of!(Self, stats) + 16;
+
+    /// Where the key starts: its first line tells which library made it.
+    pub const KEY_OFFSET: usize = core::mem::offset_of!(Self, key);
 
     /// Recompute where lifetime accounting must next look: the soft limits until they
     /// fired, the hard limits until the SA expired.
@@ -213,19 +233,56 @@ mod tests {
     use core::mem::{offset_of, size_of};
 
     #[test]
-    fn what_packets_read_is_a_prefix() {
+    fn what_every_packet_reads_is_the_head() {
         type Rt = SaRuntime<RingKey>;
-        let hot = Rt::HOT_LEN;
+        let head = Rt::HEAD_LEN;
         for (what, end) in [
-            ("key schedule", offset_of!(Rt, key) + size_of::<RingKey>()),
+            ("flags", offset_of!(Rt, expired) + 1),
             ("replay window", offset_of!(Rt, replay) + size_of::<ReplayWindow>()),
-            ("selectors", offset_of!(Rt, sel_peer) + size_of::<SelectorSet>()),
             ("endpoint", offset_of!(Rt, endpoint) + size_of::<Endpoint>()),
+            ("sequence numbers", offset_of!(Rt, seq_reserved) + 8),
             ("lifetime thresholds", offset_of!(Rt, next_limit_bytes) + 8),
+            ("packet and byte counts", offset_of!(Rt, stats) + 16),
         ] {
-            assert!(end <= hot, "{what} ends at {end}, past the hot prefix ({hot})");
+            assert!(end <= head, "{what} ends at {end}, past the head ({head})");
         }
-        assert!(offset_of!(Rt, lifetime) >= hot, "configured lifetimes are cold");
-        assert!(hot <= size_of::<Rt>());
+        assert_eq!(offset_of!(SaStats, packets), 0);
+        assert_eq!(offset_of!(SaStats, bytes), 8);
+        assert!(head <= 3 * 64, "the head is {head} bytes, more than three cache lines");
+        for (what, at) in [
+            ("selectors", offset_of!(Rt, sel_local)),
+            ("key", offset_of!(Rt, key)),
+            ("lifetimes", offset_of!(Rt, lifetime)),
+        ] {
+            assert!(at >= head, "{what} at {at}, inside the head");
+        }
+    }
+
+    #[test]
+    fn hot_spans_name_the_selectors_in_tunnel_mode_and_the_whole_ring_key() {
+        use crate::crypto::Ring;
+        for mode in [Mode::Tunnel, Mode::Transport] {
+            let mut sa = serde_json::json!({
+                "name": "a", "spi": 4096, "direction": "inbound", "mode": "transport", "algorithm": "aes128-gcm",
+                "key": "00112233445566778899aabbccddeeff", "salt": "01020304",
+                "local": "203.0.113.1", "peer": "198.51.100.7",
+            });
+            if mode == Mode::Tunnel {
+                sa["mode"] = "tunnel".into();
+                sa["selectors"] = serde_json::json!({"local": ["10.0.0.0/8"], "peer": ["192.168.1.2/32"]});
+            }
+            let p = crate::sa::config::parse_sa(&sa).expect("valid SA");
+            let rt = SaRuntime::new::<Ring>(&p).expect("key");
+            let base = core::ptr::from_ref(&rt) as usize;
+            let mut spans = Vec::new();
+            rt.hot_spans(64, &mut |at, len| spans.push((at as usize - base, len)));
+            let key = (offset_of!(SaRuntime<RingKey>, key), size_of::<RingKey>());
+            let sels = [
+                (offset_of!(SaRuntime<RingKey>, sel_local), size_of::<SelectorSet>()),
+                (offset_of!(SaRuntime<RingKey>, sel_peer), size_of::<SelectorSet>()),
+            ];
+            let want: Vec<_> = if mode == Mode::Tunnel { sels.into_iter().chain([key]).collect() } else { vec![key] };
+            assert_eq!(spans, want, "{mode:?}");
+        }
     }
 }

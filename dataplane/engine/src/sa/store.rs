@@ -8,6 +8,25 @@ use crate::crypto::AeadKey;
 use crate::reason::DropReason;
 use core::net::IpAddr;
 
+/// An inbound packet as a store looks ahead for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InboundAhead {
+    pub spi: u32,
+    /// The low 32 bits of the sequence number, as received.
+    pub seq: u32,
+    /// Bytes the crypto will open.
+    pub len: u32,
+}
+
+/// An outbound packet as a store looks ahead for it.
+#[derive(Clone, Copy, Debug)]
+pub struct OutboundAhead {
+    /// The inner destination.
+    pub dst: IpAddr,
+    /// Bytes the crypto will seal.
+    pub len: u32,
+}
+
 /// SAs and their runtime state, by slot.
 pub trait SaStore<K: AeadKey> {
     /// The inbound SA with this SPI, or why there is none.
@@ -27,18 +46,19 @@ pub trait SaStore<K: AeadKey> {
         false
     }
 
-    /// Get ready for the lookups of a burst: the (SPI, sequence number as received) of
-    /// its inbound ESP packets, in order. A store whose SAs may be far from the CPU
-    /// starts loading what `inbound` and the stages after it will read, so that the
-    /// burst's cache misses overlap rather than follow one another. Changes nothing a
-    /// lookup returns; the default does nothing.
+    /// Get ready for the lookups of a burst: the SPI, the sequence number as received
+    /// and the bytes to open (`AeadKey::hot_spans`) of its inbound ESP packets, in
+    /// order. A store whose SAs may be far from the CPU starts loading what `inbound`
+    /// and the stages after it will read, so that the burst's cache misses overlap
+    /// rather than follow one another. Changes nothing a lookup returns; the default
+    /// does nothing.
     #[inline]
-    fn look_ahead_inbound(&mut self, _keys: &[(u32, u32)]) {}
+    fn look_ahead_inbound(&mut self, _keys: &[InboundAhead]) {}
 
     /// The same for the outbound lookups of a burst: the inner destinations of its
-    /// packets, in order.
+    /// packets and the bytes each will seal, in order.
     #[inline]
-    fn look_ahead_outbound(&mut self, _dsts: &[IpAddr]) {}
+    fn look_ahead_outbound(&mut self, _keys: &[OutboundAhead]) {}
 }
 
 impl<K: AeadKey> SaStore<K> for SaTable<K> {
