@@ -2,6 +2,7 @@
  * over function pointers in IMB_MGR; these functions make it callable from Rust with a
  * fixed signature. One manager, made once and only read afterwards, serves every thread:
  * the GCM functions keep all their state in the context on this stack. */
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <intel-ipsec-mb.h>
@@ -33,6 +34,13 @@ int natt_mb_init(int *arch)
 size_t natt_mb_key_data_size(void)
 {
 	return sizeof(struct gcm_key_data);
+}
+
+/* The bytes of struct gcm_key_data the library has fields in (1008 in 1.3; the rest of
+ * its 1024 is alignment padding, which the Rust side uses for the key length). */
+size_t natt_mb_key_data_used(void)
+{
+	return offsetof(struct gcm_key_data, ghash_keys) + sizeof(((struct gcm_key_data *)0)->ghash_keys);
 }
 
 const char *natt_mb_version(void)

@@ -9,6 +9,7 @@ use std::os::raw::{c_char, c_int, c_void};
 unsafe extern "C" {
     fn natt_mb_init(arch: *mut c_int) -> c_int;
     fn natt_mb_key_data_size() -> usize;
+    fn natt_mb_key_data_used() -> usize;
     fn natt_mb_version() -> *const c_char;
     fn natt_mb_gcm_pre(key: *const u8, key_len: usize, kd: *mut c_void) -> c_int;
     fn natt_mb_gcm_seal(
@@ -37,6 +38,11 @@ unsafe extern "C" {
 /// aligned as its vector code prefers. `init` refuses a library whose struct is larger.
 pub(crate) const KEY_DATA_LEN: usize = 1024;
 
+/// Where in `KeyData` the AES key length (16 or 32) is kept: the last byte, past every
+/// field of the library's struct (`init` checks), in the cache line that the hash key H
+/// itself is in, so that a packet reads no line for it alone.
+pub(crate) const KEY_LEN_AT: usize = KEY_DATA_LEN - 1;
+
 #[repr(C, align(64))]
 pub(crate) struct KeyData(pub(crate) [u8; KEY_DATA_LEN]);
 
@@ -46,8 +52,13 @@ pub(crate) struct KeyData(pub(crate) [u8; KEY_DATA_LEN]);
 pub(crate) fn init() -> Result<(i32, String), String> {
     // SAFETY: natt_mb_key_data_size takes nothing and returns a constant.
     let need = unsafe { natt_mb_key_data_size() };
-    if need > KEY_DATA_LEN {
-        return Err(format!("its GCM key data is {need} bytes, more than the {KEY_DATA_LEN} this build reserves"));
+    // SAFETY: as above.
+    let used = unsafe { natt_mb_key_data_used() };
+    if need > KEY_DATA_LEN || used > KEY_LEN_AT {
+        return Err(format!(
+            "its GCM key data is {need} bytes ({used} in fields), more than this build reserves \
+             ({KEY_DATA_LEN}, of which {KEY_LEN_AT} for the library)"
+        ));
     }
     let mut arch: c_int = 0;
     // SAFETY: `arch` is a live c_int the shim writes once; the shim's own global is
@@ -61,22 +72,34 @@ pub(crate) fn init() -> Result<(i32, String), String> {
     Ok((arch, v))
 }
 
-/// Expand a 16- or 32-byte AES key. Only after `init` succeeded.
+/// Expand a 16- or 32-byte AES key, and note its length. Only after `init` succeeded.
 pub(crate) fn gcm_pre(key: &[u8], kd: &mut KeyData) -> bool {
     // SAFETY: `key` is readable for key.len() bytes (16 or 32, the shim refuses other
     // lengths before reading); `kd` is writable for KEY_DATA_LEN >= sizeof(gcm_key_data)
     // bytes (checked in `init`, which the caller ran).
-    unsafe { natt_mb_gcm_pre(key.as_ptr(), key.len(), kd.0.as_mut_ptr().cast()) == 0 }
+    let ok = unsafe { natt_mb_gcm_pre(key.as_ptr(), key.len(), kd.0.as_mut_ptr().cast()) == 0 };
+    // After the library wrote its fields, none of which reaches this byte (`init`).
+    kd.0[KEY_LEN_AT] = key.len() as u8;
+    ok
 }
 
-/// Encrypt `data` in place; the tag goes to `tag`. `key_len` is the one `kd` was made with.
-pub(crate) fn gcm_seal(key_len: usize, kd: &KeyData, iv: &[u8; 12], aad: &[u8], data: &mut [u8], tag: &mut [u8; 16]) {
+impl KeyData {
+    /// The AES key length this key was made with (`gcm_pre`).
+    #[inline]
+    pub(crate) fn key_len(&self) -> usize {
+        usize::from(self.0[KEY_LEN_AT])
+    }
+}
+
+/// Encrypt `data` in place; the tag goes to `tag`.
+pub(crate) fn gcm_seal(kd: &KeyData, iv: &[u8; 12], aad: &[u8], data: &mut [u8], tag: &mut [u8; 16]) {
     // SAFETY: every pointer comes from a live reference of the length passed with it
-    // (iv 12, tag 16, kd holds an expanded key of `key_len`); `data` is read and written
+    // (iv 12, tag 16, kd holds an expanded key of the length `key_len` reads back, and
+    // the shim reads no more of it than either AES key size needs); `data` is read and written
     // in place over data.len() bytes, which the library supports (src == dst).
     unsafe {
         natt_mb_gcm_seal(
-            key_len,
+            kd.key_len(),
             kd.0.as_ptr().cast(),
             iv.as_ptr(),
             aad.as_ptr(),
@@ -89,18 +112,11 @@ pub(crate) fn gcm_seal(key_len: usize, kd: &KeyData, iv: &[u8; 12], aad: &[u8], 
 }
 
 /// Decrypt `data` in place; true if `tag` verifies.
-pub(crate) fn gcm_open(
-    key_len: usize,
-    kd: &KeyData,
-    iv: &[u8; 12],
-    aad: &[u8],
-    data: &mut [u8],
-    tag: &[u8; 16],
-) -> bool {
+pub(crate) fn gcm_open(kd: &KeyData, iv: &[u8; 12], aad: &[u8], data: &mut [u8], tag: &[u8; 16]) -> bool {
     // SAFETY: as in `gcm_seal`; the tag is only read.
     unsafe {
         natt_mb_gcm_open(
-            key_len,
+            kd.key_len(),
             kd.0.as_ptr().cast(),
             iv.as_ptr(),
             aad.as_ptr(),

@@ -138,11 +138,10 @@ pub fn selected() -> Choice {
 #[derive(Debug)]
 pub struct IpsecMb;
 
-/// An expanded AES-GCM key, for intel-ipsec-mb.
+/// An expanded AES-GCM key, for intel-ipsec-mb: the library's key data, with the AES
+/// key length in its last byte (`ffi::KEY_LEN_AT`).
 pub struct MbKey {
     kd: ffi::KeyData,
-    /// 16 or 32 (AES-128, AES-256).
-    key_len: usize,
 }
 
 impl Backend for IpsecMb {
@@ -160,7 +159,7 @@ impl Backend for IpsecMb {
         if library().is_err() {
             return Err(KeyError::Unsupported(alg.name(), Self::NAME));
         }
-        let mut k = MbKey { kd: ffi::KeyData([0; ffi::KEY_DATA_LEN]), key_len: key.len() };
+        let mut k = MbKey { kd: ffi::KeyData([0; ffi::KEY_DATA_LEN]) };
         if !ffi::gcm_pre(key, &mut k.kd) {
             return Err(KeyError::Unsupported(alg.name(), Self::NAME));
         }
@@ -172,17 +171,18 @@ impl AeadKey for MbKey {
     #[inline]
     fn seal(&self, nonce: &Nonce, aad: &[u8], data: &mut [u8]) -> Icv {
         let mut icv = [0u8; 16];
-        ffi::gcm_seal(self.key_len, &self.kd, nonce, aad, data, &mut icv);
+        ffi::gcm_seal(&self.kd, nonce, aad, data, &mut icv);
         icv
     }
 
     #[inline]
     fn open(&self, nonce: &Nonce, aad: &[u8], data: &mut [u8], icv: &Icv) -> Result<(), AuthFailed> {
-        if ffi::gcm_open(self.key_len, &self.kd, nonce, aad, data, icv) { Ok(()) } else { Err(AuthFailed) }
+        if ffi::gcm_open(&self.kd, nonce, aad, data, icv) { Ok(()) } else { Err(AuthFailed) }
     }
 
-    /// The round keys and the hash-key powers that `data_len` bytes need: with the
-    /// VAES code, a 64-byte packet reads 6 of the key's 16 cache lines.
+    /// The round keys and the hash-key powers that `data_len` bytes need, and the key
+    /// length (in the line of H itself with the VAES code): with the VAES code a 64-byte
+    /// packet reads 6 of the key's 16 cache lines.
     #[inline]
     fn hot_spans(&self, data_len: usize, f: &mut impl FnMut(*const u8, usize)) {
         let kd = &self.kd.0;
@@ -194,6 +194,7 @@ impl AeadKey for MbKey {
             f(kd[start..].as_ptr(), 16 * powers);
         } else {
             f(kd.as_ptr(), NARROW_GHASH_END);
+            f(kd[ffi::KEY_LEN_AT..].as_ptr(), 1);
         }
     }
 }
@@ -208,7 +209,7 @@ impl Drop for MbKey {
 
 impl core::fmt::Debug for MbKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "MbKey(AES-{}, <redacted>)", self.key_len * 8)
+        write!(f, "MbKey(AES-{}, <redacted>)", self.kd.key_len() * 8)
     }
 }
 
@@ -298,10 +299,15 @@ mod tests {
                 let want = if WIDE_GHASH.load(Ordering::Relaxed) {
                     vec![(0, 240), (1008 - 16 * powers, 16 * powers)]
                 } else {
-                    vec![(0, 496)]
+                    vec![(0, 496), (1023, 1)]
                 };
                 let got = spans(&k, len);
                 assert_eq!(got, want, "{alg:?}, {len} bytes");
+                // The key length is read with every packet: its cache line is in a span
+                // (the key data is 64-byte aligned).
+                let line = ffi::KEY_LEN_AT / 64;
+                assert!(got.iter().any(|&(s, n)| s / 64 <= line && line <= (s + n - 1) / 64), "{alg:?}, {len} bytes");
+                assert_eq!(k.kd.key_len(), alg.key_len());
                 assert!(got.iter().all(|&(at, n)| at + n <= ffi::KEY_DATA_LEN));
             }
         }
