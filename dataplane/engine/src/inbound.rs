@@ -166,8 +166,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             let mut keys = [InboundAhead::default(); MAX_BURST];
             let mut k = 0;
             for m in meta.iter().filter(|m| m.live) {
-                // ESP header, IV and ICV aside (an estimate: a hint for the caches).
-                let len = m.end.saturating_sub(m.esp + 32) as u32;
+                // ESP header, IV and ICV aside (the trailer stays in: a hint for the caches).
+                let len = m.end.saturating_sub(m.esp + PREFIX_LEN + ICV_LEN) as u32;
                 keys[k] = InboundAhead { spi: m.spi, seq: m.seq as u32, len };
                 k += 1;
             }

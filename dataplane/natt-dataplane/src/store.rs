@@ -368,12 +368,11 @@ impl<'a, B: Backend> ShmStore<'a, B> {
                 }
             }
         }
-        type Rt<K> = SaRuntime<K>;
         for &s in &slots[..keys.len()] {
             if let Some(Some(c)) = self.cache.get(s as usize) {
                 let rt = &c.entry.rt;
-                prefetch::span(core::ptr::from_ref(rt).cast(), Rt::<B::Key>::HEAD_LEN);
-                prefetch::span(core::ptr::from_ref(&rt.key).cast(), 1);
+                prefetch::lines(rt, SaRuntime::<B::Key>::HEAD_LEN.div_ceil(prefetch::LINE));
+                prefetch::line(&rt.key);
             }
         }
         for (&s, &k) in slots.iter().zip(keys) {
