@@ -11,7 +11,7 @@ use crate::event::{Event, EventKind, Host};
 use crate::reason::{DropReason, PuntReason};
 use crate::reassembly::{FragOutcome, Fragment};
 use crate::replay::ReplayError;
-use crate::sa::{Direction, Endpoint, InboundAhead, Mode, SaRuntime, SaStore};
+use crate::sa::{CRYPTO_AHEAD, Direction, Endpoint, InboundAhead, Mode, SaRuntime, SaStore};
 use crate::wire::esp::{self, ICV_LEN, NattKind, PREFIX_LEN};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::{WireError, be32, checksum, ipv4, ipv6, proto, udp};
@@ -184,8 +184,16 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
         }
 
-        // Stage 3: verify and decrypt in place.
-        for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
+        // Stage 3: verify and decrypt in place (the store, if it looks ahead, loading each
+        // packet's key a few packets before).
+        let ahead = self.sas.looks_ahead();
+        for i in 0..n {
+            if ahead {
+                if let Some(next) = meta.get(i + CRYPTO_AHEAD) {
+                    self.prepare_open(next);
+                }
+            }
+            let (pkt, m, res) = (&mut pkts[i], &mut meta[i], &mut results[i]);
             if m.live && !self.open(pkt, m) {
                 self.settle_in(res, m, InVerdict::Drop(DropReason::AuthFailed));
             }
@@ -510,6 +518,14 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     }
 
     // ---- stage 3 ----
+
+    /// Have the store load what opening `m` will read of its key.
+    #[inline]
+    fn prepare_open(&self, m: &Meta) {
+        if m.live {
+            self.sas.prepare_crypto(m.slot, m.end - m.esp - PREFIX_LEN - ICV_LEN);
+        }
+    }
 
     /// Verify and decrypt; false if the ICV does not verify.
     fn open<F>(&self, pkt: &mut F, m: &Meta) -> bool

@@ -9,7 +9,7 @@ use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account, expire};
 use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
 use crate::reason::{DropReason, PuntReason};
-use crate::sa::{DfPolicy, Endpoint, Mode, OutboundAhead, SaStore};
+use crate::sa::{CRYPTO_AHEAD, DfPolicy, Endpoint, Mode, OutboundAhead, SaStore};
 use crate::wire::esp::{self, ICV_LEN, PREFIX_LEN, TRAILER_LEN};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::{WireError, checksum, ipv4, ipv6, proto, udp};
@@ -215,8 +215,15 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
         }
 
-        // Stage 4: ESP header, trailer, inner TTL; seal in place.
-        for (pkt, m) in pkts.iter_mut().zip(meta.iter()) {
+        // Stage 4: ESP header, trailer, inner TTL; seal in place (the store, if it looks
+        // ahead, loading each packet's key a few packets before).
+        let ahead = self.sas.looks_ahead();
+        for (i, (pkt, m)) in pkts.iter_mut().zip(meta.iter()).enumerate() {
+            if ahead {
+                if let Some(next) = meta.get(i + CRYPTO_AHEAD) {
+                    self.prepare_seal(next);
+                }
+            }
             if m.live {
                 self.seal(pkt, m);
             }
@@ -382,6 +389,14 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     }
 
     // ---- stage 4 ----
+
+    /// Have the store load what sealing `m` will read of its key.
+    #[inline]
+    fn prepare_seal(&self, m: &Meta) {
+        if m.live {
+            self.sas.prepare_crypto(m.slot, m.plen + m.pad + TRAILER_LEN);
+        }
+    }
 
     fn seal<F>(&self, pkt: &mut F, m: &Meta)
     where

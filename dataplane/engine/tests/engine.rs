@@ -677,3 +677,87 @@ fn reassembly_on_its_own_then_decapsulation() {
     let c = headend.counters();
     assert_eq!((c.in_packets, c.decap_packets, c.frag_absorbed, c.frag_held), (3, 1, 2, 2));
 }
+
+/// A store that looks ahead, over the engine's own table, noting what it is asked to
+/// get ready for.
+struct Looking {
+    table: natt_engine::sa::SaTable<natt_engine::crypto::RingKey>,
+    crypto: std::cell::RefCell<Vec<(u32, usize)>>,
+}
+
+impl natt_engine::sa::SaStore<natt_engine::crypto::RingKey> for Looking {
+    fn inbound(&mut self, spi: u32) -> Result<u32, DropReason> {
+        self.table.inbound(spi)
+    }
+    fn outbound(&mut self, dst: &core::net::IpAddr) -> Result<u32, DropReason> {
+        self.table.outbound(dst)
+    }
+    fn entry(&self, slot: u32) -> Option<&natt_engine::sa::SaEntry<natt_engine::crypto::RingKey>> {
+        self.table.entry(slot)
+    }
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut natt_engine::sa::SaEntry<natt_engine::crypto::RingKey>> {
+        self.table.entry_mut(slot)
+    }
+    fn follow_nat(&mut self, spi: u32, to: Endpoint) -> bool {
+        self.table.follow_nat(spi, to)
+    }
+    fn looks_ahead(&self) -> bool {
+        true
+    }
+    fn prepare_crypto(&self, slot: u32, len: usize) {
+        self.crypto.borrow_mut().push((slot, len));
+    }
+}
+
+#[test]
+fn the_store_is_asked_for_each_key_a_few_packets_ahead_of_its_crypto() {
+    use natt_engine::sa::{CRYPTO_AHEAD, SaTable};
+    let s = Setup::default();
+    let looking = |params: Vec<natt_engine::SaParams>| {
+        let mut table = SaTable::new();
+        for p in params {
+            table.insert::<natt_engine::crypto::Ring>(p).unwrap();
+        }
+        natt_engine::Engine::<natt_engine::crypto::Ring, Looking>::with_store(
+            EngineConfig::default(),
+            Looking { table, crypto: Default::default() },
+            &[],
+        )
+    };
+    let mut client = looking(parse(s.client_json()));
+    let mut headend = looking(parse(s.headend_json()));
+    // Inner packets of 40 to 79 bytes; the fifth is not IP and is punted before any SA.
+    let n = 40;
+    let frames: Vec<Vec<u8>> =
+        (0..n)
+            .map(|i| {
+                if i == 4 {
+                    eth(0x0806, &[0; 28])
+                } else {
+                    ip_udp_frame(CLIENT_IN4, SERVER4, 1, 2, &vec![7; 12 + i], 64)
+                }
+            })
+            .collect();
+    let mut pkts: Vec<_> = frames.iter().map(|f| PktBuf::from_frame(f, HEADROOM, TAILROOM)).collect();
+    let mut res = vec![natt_engine::OutResult::default(); n];
+    client.encap_burst(&mut pkts, &mut res, &mut Vec::new());
+    assert_eq!(res.iter().filter(|r| r.verdict == OutVerdict::Encapsulated).count(), n - 1);
+    let slot = client.store().table.outbound_slot(SPI_IN).unwrap();
+    // What is sealed: the inner packet, its padding to 4 bytes and the 2-byte trailer.
+    let sealed = |i: usize| (40 + i + 2).next_multiple_of(4);
+    let want: Vec<(u32, usize)> = (CRYPTO_AHEAD..n).filter(|&i| i != 4).map(|i| (slot, sealed(i))).collect();
+    assert_eq!(*client.store().crypto.borrow(), want);
+
+    let mut inb: Vec<_> = pkts.iter().map(|p| PktBuf::from_frame(p.data(), HEADROOM, TAILROOM)).collect();
+    let mut res = vec![natt_engine::InResult::default(); n];
+    headend.decap_burst(&mut inb, 0, &mut res, &mut Vec::new());
+    assert_eq!(res.iter().filter(|r| r.verdict == InVerdict::Tunnel).count(), n - 1);
+    let slot = headend.store().table.inbound_slot(SPI_IN).unwrap();
+    let want: Vec<(u32, usize)> = (CRYPTO_AHEAD..n).filter(|&i| i != 4).map(|i| (slot, sealed(i))).collect();
+    assert_eq!(*headend.store().crypto.borrow(), want);
+    // Whatever the store does ahead, the packets are what they would be without it.
+    let mut plain = s.headend();
+    for (p, f) in pkts.iter().zip(&frames).filter(|(_, f)| f[12] == 0x08 && f[13] == 0x00) {
+        assert_eq!(decap(&mut plain, p.data(), 0).1, ttl_minus_one(f));
+    }
+}

@@ -389,6 +389,14 @@ fn looking_ahead_names_the_records_a_lookup_reads_and_changes_no_result() {
         OutboundAhead { dst: "::1".parse().unwrap(), len: u32::MAX },
         OutboundAhead { dst: "0.0.0.0".parse().unwrap(), len: 0 },
     ]);
+    // Getting ready for crypto: any slot (loaded, empty, out of range), any length.
+    for slot in (0..n + 8).chain([u32::MAX - 1, u32::MAX]) {
+        for len in [0, 1, 64, 1420, 9000, usize::MAX] {
+            s.prepare_crypto(slot, len);
+        }
+    }
+    let slot = s.inbound(0x10000).unwrap();
+    assert_eq!(s.entry(slot).unwrap().rt.spi, 0x10000);
 }
 
 /// Run the builder until it has handed on everything it can see.

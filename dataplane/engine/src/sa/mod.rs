@@ -11,5 +11,5 @@ pub mod table;
 pub use params::{Algorithm, DfPolicy, Direction, Encap, Key, Lifetime, Mode, SaParams, Selectors};
 pub use prefix::IpPrefix;
 pub use runtime::{Endpoint, SaRuntime, SaStats};
-pub use store::{InboundAhead, OutboundAhead, SaStore};
+pub use store::{CRYPTO_AHEAD, InboundAhead, OutboundAhead, SaStore};
 pub use table::{SaEntry, SaTable, TableError};

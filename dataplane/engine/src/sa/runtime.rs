@@ -170,16 +170,29 @@ impl<K: AeadKey> SaRuntime<K> {
     }
 
     /// Besides the head (`HEAD_LEN`), the parts of this state that a packet with
-    /// `data_len` bytes to seal or open reads: the selectors (tunnel mode) and the key's
-    /// hot spans, as (start, length). For a store that looks ahead; reads the key's
-    /// first line.
+    /// `data_len` bytes to seal or open reads: `check_spans` and `key_spans`, as
+    /// (start, length). For a store that looks ahead.
     #[inline]
     pub fn hot_spans(&self, data_len: usize, f: &mut impl FnMut(*const u8, usize)) {
+        self.check_spans(f);
+        self.key_spans(data_len, f);
+    }
+
+    /// What the checks after the crypto read besides the head: the selectors (tunnel
+    /// mode).
+    #[inline]
+    pub fn check_spans(&self, f: &mut impl FnMut(*const u8, usize)) {
         if self.mode == Mode::Tunnel {
             for s in [&self.sel_local, &self.sel_peer] {
                 f(core::ptr::from_ref(s).cast(), core::mem::size_of::<SelectorSet>());
             }
         }
+    }
+
+    /// What sealing or opening `data_len` bytes reads of the key (`AeadKey::hot_spans`;
+    /// reads the key's first line).
+    #[inline]
+    pub fn key_spans(&self, data_len: usize, f: &mut impl FnMut(*const u8, usize)) {
         self.key.hot_spans(data_len, f);
     }
 

@@ -59,7 +59,22 @@ pub trait SaStore<K: AeadKey> {
     /// packets and the bytes each will seal, in order.
     #[inline]
     fn look_ahead_outbound(&mut self, _keys: &[OutboundAhead]) {}
+
+    /// Get ready for the crypto of a packet of SA `slot` with `len` bytes to open or
+    /// seal, a few packets (`CRYPTO_AHEAD`) before it comes: a store that looks ahead
+    /// starts loading the parts of the key that it will read (`AeadKey::hot_spans`),
+    /// so that they arrive while the packets before it are opened or sealed, rather
+    /// than all at once before the first. Called only while `looks_ahead`; the default
+    /// does nothing.
+    #[inline]
+    fn prepare_crypto(&self, _slot: u32, _len: usize) {}
 }
+
+/// How many packets ahead of the one being opened or sealed the engine calls
+/// `SaStore::prepare_crypto`: enough that one packet's crypto (50 ns at 64 bytes) and
+/// the next few cover a miss to memory (about 100 ns), few enough that the key lines
+/// asked for stay well within what the CPU can have in flight.
+pub const CRYPTO_AHEAD: usize = 4;
 
 impl<K: AeadKey> SaStore<K> for SaTable<K> {
     #[inline]
