@@ -40,8 +40,15 @@ step "fuzz: inbound path for ${NATT_FUZZ_SECONDS:-120}s"
     cd dataplane/engine
     mkdir -p fuzz/corpus/inbound
     "$ROOT/.venv/bin/python" fuzz/make_seeds.py fuzz/seeds/inbound
+    log=$(mktemp)
+    status=0
     RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer address inbound fuzz/corpus/inbound fuzz/seeds/inbound -- \
-        -max_total_time="${NATT_FUZZ_SECONDS:-120}" -max_len=4096 -print_final_stats=1 2>&1 | tail -n 3
+        -max_total_time="${NATT_FUZZ_SECONDS:-120}" -max_len=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
+    # Which backend the second engine ran on, then how the run ended (the whole log on failure).
+    grep -m1 '^differential:' "$log" || true
+    if [ "$status" -ne 0 ]; then cat "$log"; rm -f "$log"; exit "$status"; fi
+    tail -n 3 "$log"
+    rm -f "$log"
 )
 
 step "all tests passed"

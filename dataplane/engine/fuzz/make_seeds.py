@@ -6,6 +6,8 @@ import struct
 import sys
 
 
+# op: bits 0-1 the record kind, bits 4-6 the headroom before the frame (0x70: 112 bytes,
+# room for the outer headers encapsulation prepends), bits 2-7 the time step.
 def rec(op, body):
     return bytes([op]) + struct.pack(">H", len(body)) + body
 
@@ -43,9 +45,26 @@ seeds = {
     "authentic_gmac": rec(1, bytes([2]) + struct.pack(">I", 300) + b"\x01" + trailer(inner, 4)),
     "keepalive": rec(0, eth(ipv4([198, 51, 100, 7], [203, 0, 113, 1], 17, udp(4500, 4500, b"\xff")))),
     "ike": rec(0, eth(ipv4([198, 51, 100, 7], [203, 0, 113, 1], 17, udp(4500, 4500, b"\x00" * 4 + b"ikev2")))),
-    "outbound": rec(2, eth(ipv4([10, 0, 1, 5], [10, 8, 0, 2], 17, udp(53, 5000, b"reply")))),
+    "outbound": rec(2 | 0x70, eth(ipv4([10, 0, 1, 5], [10, 8, 0, 2], 17, udp(53, 5000, b"reply")))),
     "fragments": rec(3, struct.pack(">HH", 0x2000, 10) + b"A" * 16) + rec(3 | 8, struct.pack(">HH", 2, 10) + b"B" * 9),
 }
+# Sizes that cross the crypto libraries' block loops (16, 64, 128, 256 bytes at a time),
+# delivered, so their bytes are compared between the two backends. Grouped so that no
+# seed is longer than the run's -max_len (4096), which would cut it short.
+sizes = [0, 15, 16, 17, 47, 63, 64, 65, 127, 255, 256, 257, 511, 700, 1024, 1400]
+payload = bytes(range(256)) * 6
+tunnel = [
+    rec(1 | 4, bytes([0]) + struct.pack(">I", 10 + i) + b"\x01" + trailer(ipv4([10, 8, 0, 2], [10, 0, 1, 5], 17, udp(5000, 53, payload[:n])), 4))
+    for i, n in enumerate(sizes)
+]
+outbound = [rec(2 | 0x70, eth(ipv4([10, 0, 1, 5], [10, 8, 0, 2], 17, udp(53, 5000, payload[:n])))) for n in sizes]
+for name, recs in (("authentic_tunnel_sizes", tunnel), ("outbound_sizes", outbound)):
+    group, part = b"", 0
+    for r in recs:
+        if len(group) + len(r) > 4096:
+            seeds["%s_%d" % (name, part)], group, part = group, b"", part + 1
+        group += r
+    seeds["%s_%d" % (name, part)] = group
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 for name, data in seeds.items():

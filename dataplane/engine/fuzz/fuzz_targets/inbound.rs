@@ -8,14 +8,24 @@
 //! - op % 4 == 3: `[flags+offset: 2][ident: 2][data…]`: an IPv4 fragment for reassembly.
 //! Time advances by `op >> 2` milliseconds per record. After each record the packet
 //! accounting must balance.
+//!
+//! Every record goes through two engines with the same SAs: one on `ring`, one on
+//! intel-ipsec-mb (`natt_ipsec_mb::Auto` with the library selected: AES-GCM and GMAC
+//! through its C code, ChaCha20-Poly1305 through `ring`), so that hostile lengths reach
+//! the library through our shim too. Their verdicts, events, counters and every packet
+//! they deliver must be the same, byte for byte. (On a machine where the library cannot
+//! start, both engines are `ring`.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natt_engine::crypto::{nonce, AeadKey, Backend, Ring};
+use natt_engine::crypto::{AeadKey, Backend, Ring, nonce};
 use natt_engine::reassembly::ReassemblyConfig;
 use natt_engine::sa::config::parse_config;
 use natt_engine::wire::checksum::checksum;
-use natt_engine::{Engine, EngineConfig, Frame, InResult, OutResult, PktBuf, RxChecksum, SaParams};
+use natt_engine::{
+    Engine, EngineConfig, Frame, InResult, InVerdict, OutResult, OutVerdict, PktBuf, RxChecksum, SaParams,
+};
+use natt_ipsec_mb::{Auto, Choice};
 
 // Every SA has its own key: the configuration refuses two SAs with one key and salt.
 const CONFIG: &str = r#"{"sas": [
@@ -98,11 +108,19 @@ fuzz_target!(|data: &[u8]| {
         mtu: 1500,
         ..EngineConfig::default()
     };
+    // Once per process: intel-ipsec-mb for the second engine's AES keys, if it starts here.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let why = natt_ipsec_mb::select(Choice::IpsecMb).err().unwrap_or("");
+        eprintln!("differential: ring against {} {why}", natt_ipsec_mb::selected().library());
+    });
     let mut eng: Engine = Engine::with_sas(cfg, sas.clone()).unwrap();
+    let mut mb: Engine<Auto> = Engine::with_sas(cfg, sas.clone()).unwrap();
     let inbound: Vec<&SaParams> = sas.iter().filter(|s| s.direction == natt_engine::Direction::Inbound).collect();
     let mut now = 0u64;
     let mut rest = data;
     let mut events = Vec::new();
+    let mut mb_events = Vec::new();
     while rest.len() >= 3 {
         let op = rest[0];
         let len = (usize::from(rest[1]) << 8 | usize::from(rest[2])).min(rest.len() - 3);
@@ -113,13 +131,18 @@ fuzz_target!(|data: &[u8]| {
             0 | 2 => rec.to_vec(),
             1 if rec.len() >= 6 => {
                 let p = inbound[usize::from(rec[0]) % inbound.len()];
-                let seq = u64::from(u32::from_be_bytes([rec[1], rec[2], rec[3], rec[4]])) | if p.esn { 1 << 32 } else { 0 };
+                let seq =
+                    u64::from(u32::from_be_bytes([rec[1], rec[2], rec[3], rec[4]])) | if p.esn { 1 << 32 } else { 0 };
                 let esp = seal(p, seq, &rec[6..]);
                 let src = match p.peer {
                     core::net::IpAddr::V4(a) => a.octets(),
                     _ => [0; 4],
                 };
-                if rec[5] & 1 == 1 { ipv4_frame(src, 17, 0x4000, 1, &in_udp(&esp)) } else { ipv4_frame(src, 50, 0, 1, &esp) }
+                if rec[5] & 1 == 1 {
+                    ipv4_frame(src, 17, 0x4000, 1, &in_udp(&esp))
+                } else {
+                    ipv4_frame(src, 50, 0, 1, &esp)
+                }
             }
             3 if rec.len() >= 4 => {
                 let fo = u16::from_be_bytes([rec[0], rec[1]]);
@@ -129,25 +152,48 @@ fuzz_target!(|data: &[u8]| {
             _ => continue,
         };
         let headroom = usize::from(op & 0x70);
-        let mut pkts = [PktBuf::from_frame(&frame, headroom, 64)];
-        // Whatever a NIC may claim of the IPv4 header checksum (RX offload), right or wrong.
-        pkts[0].set_ip_checksum(match op >> 7 | (op & 0x08) >> 2 {
-            0 | 1 => RxChecksum::Unknown,
-            2 => RxChecksum::Good,
-            _ => RxChecksum::Bad,
-        });
+        let buf = || {
+            let mut b = PktBuf::from_frame(&frame, headroom, 64);
+            // Whatever a NIC may claim of the IPv4 header checksum (RX offload), right or wrong.
+            b.set_ip_checksum(match op >> 7 | (op & 0x08) >> 2 {
+                0 | 1 => RxChecksum::Unknown,
+                2 => RxChecksum::Good,
+                _ => RxChecksum::Bad,
+            });
+            b
+        };
+        let (mut pkts, mut mb_pkts) = ([buf()], [buf()]);
         if op % 4 == 2 {
-            let mut res = [OutResult::default()];
+            let (mut res, mut mb_res) = ([OutResult::default()], [OutResult::default()]);
             eng.encap_burst(&mut pkts, &mut res, &mut events);
+            mb.encap_burst(&mut mb_pkts, &mut mb_res, &mut mb_events);
+            assert_eq!(res, mb_res, "encap verdicts, ring and intel-ipsec-mb");
+            if res[0].verdict == OutVerdict::Encapsulated {
+                assert_eq!(pkts[0].data(), mb_pkts[0].data(), "encapsulated bytes");
+            }
         } else {
-            let mut res = [InResult::default()];
+            let (mut res, mut mb_res) = ([InResult::default()], [InResult::default()]);
             eng.decap_burst(&mut pkts, now, &mut res, &mut events);
+            mb.decap_burst(&mut mb_pkts, now, &mut mb_res, &mut mb_events);
             assert!(pkts[0].head() + pkts[0].len() <= pkts[0].raw().len());
+            assert_eq!(res, mb_res, "decap verdicts, ring and intel-ipsec-mb");
+            // What is delivered must agree; a dropped packet's bytes are nobody's.
+            if matches!(res[0].verdict, InVerdict::Tunnel | InVerdict::Transport) {
+                assert_eq!(pkts[0].data(), mb_pkts[0].data(), "decapsulated bytes");
+            }
         }
+        assert_eq!(events, mb_events, "events, ring and intel-ipsec-mb");
         events.clear();
+        mb_events.clear();
         let c = eng.counters();
-        let handled = c.decap_packets + c.encap_packets + c.keepalives + c.punts.iter().sum::<u64>()
-            + c.total_drops() + c.frag_absorbed + u64::from(eng.reassembler().held());
+        assert_eq!(c, mb.counters(), "counters, ring and intel-ipsec-mb");
+        let handled = c.decap_packets
+            + c.encap_packets
+            + c.keepalives
+            + c.punts.iter().sum::<u64>()
+            + c.total_drops()
+            + c.frag_absorbed
+            + u64::from(eng.reassembler().held());
         assert_eq!(c.in_packets + c.out_packets, handled, "accounting: {c:?}");
     }
 });
