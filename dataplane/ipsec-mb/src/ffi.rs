@@ -54,12 +54,7 @@ pub(crate) fn init() -> Result<(i32, String), String> {
     let need = unsafe { natt_mb_key_data_size() };
     // SAFETY: as above.
     let used = unsafe { natt_mb_key_data_used() };
-    if need > KEY_DATA_LEN || used > KEY_LEN_AT {
-        return Err(format!(
-            "its GCM key data is {need} bytes ({used} in fields), more than this build reserves \
-             ({KEY_DATA_LEN}, of which {KEY_LEN_AT} for the library)"
-        ));
-    }
+    check_layout(need, used)?;
     let mut arch: c_int = 0;
     // SAFETY: `arch` is a live c_int the shim writes once; the shim's own global is
     // written only here, and callers serialise this (a OnceLock in lib.rs).
@@ -70,6 +65,18 @@ pub(crate) fn init() -> Result<(i32, String), String> {
     // SAFETY: the library returns a pointer to a static NUL-terminated string.
     let v = unsafe { CStr::from_ptr(natt_mb_version()) }.to_string_lossy().into_owned();
     Ok((arch, v))
+}
+
+/// Whether the library's `struct gcm_key_data` (`need` bytes with its padding, `used` up
+/// to the end of its last field) fits `KeyData` and leaves `KEY_LEN_AT` to us.
+fn check_layout(need: usize, used: usize) -> Result<(), String> {
+    if need > KEY_DATA_LEN || used > KEY_LEN_AT {
+        return Err(format!(
+            "its GCM key data is {need} bytes ({used} in fields), more than this build reserves \
+             ({KEY_DATA_LEN}, of which {KEY_LEN_AT} for the library)"
+        ));
+    }
+    Ok(())
 }
 
 /// Expand a 16- or 32-byte AES key, and note its length. Only after `init` succeeded.
@@ -125,5 +132,25 @@ pub(crate) fn gcm_open(kd: &KeyData, iv: &[u8; 12], aad: &[u8], data: &mut [u8],
             data.len() as u64,
             tag.as_ptr(),
         ) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_data_struct_that_would_reach_our_key_length_byte_is_refused() {
+        // This library: 1008 bytes, all of them fields.
+        // SAFETY: both shim functions take nothing and return constants.
+        let (need, used) = unsafe { (natt_mb_key_data_size(), natt_mb_key_data_used()) };
+        assert_eq!(check_layout(need, used), Ok(()));
+        assert!(used <= KEY_LEN_AT && need <= KEY_DATA_LEN);
+        // Fields up to the byte before ours: fine, even with padding to the whole buffer.
+        assert_eq!(check_layout(KEY_DATA_LEN, KEY_LEN_AT), Ok(()));
+        // A field on our byte, or a struct larger than the buffer: refused, saying so.
+        let e = check_layout(KEY_DATA_LEN, KEY_LEN_AT + 1).unwrap_err();
+        assert!(e.contains("1024 bytes (1024 in fields)") && e.contains("of which 1023"), "{e}");
+        assert!(check_layout(KEY_DATA_LEN + 16, 1008).unwrap_err().contains("1040 bytes"));
     }
 }
