@@ -14,7 +14,7 @@ use crate::replay::ReplayError;
 use crate::sa::{CRYPTO_AHEAD, Direction, Endpoint, InboundAhead, Mode, SaRuntime, SaStore};
 use crate::wire::esp::{self, ICV_LEN, NattKind, PREFIX_LEN};
 use crate::wire::ethernet::{self, ethertype};
-use crate::wire::{WireError, be32, checksum, ipv4, ipv6, proto, udp};
+use crate::wire::{WireError, be16, be32, checksum, ipv4, ipv6, proto, udp};
 use core::net::{IpAddr, Ipv4Addr};
 
 /// What became of an inbound frame.
@@ -65,7 +65,7 @@ impl Default for InResult {
 }
 
 /// What the stages pass on about one packet. Offsets are from the frame's start.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Meta {
     live: bool,
     l3: usize,
@@ -146,13 +146,17 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let meta = &mut scratch[..n];
 
         // Stage 1: parse and classify.
+        self.counters.in_packets += n as u64;
         for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
-            self.counters.in_packets += 1;
             self.counters.in_bytes += pkt.len() as u64;
             *res = InResult::default();
             m.live = false;
             m.has_src = false;
             m.slot = NO_SLOT;
+            if self.parse_fast(pkt, m, res) {
+                m.live = true;
+                continue;
+            }
             match self.parse(now, pkt, m, res) {
                 Ok(()) => m.live = true,
                 Err(v) => self.settle_in(res, m, v),
@@ -173,12 +177,15 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
             self.sas.look_ahead_inbound(&keys[..k]);
         }
+        // The last SPI looked up in this burst and its slot: packets of one SA come in
+        // runs, and the store cannot change within a stage.
+        let mut last = (0u32, NO_SLOT);
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
             if m.has_src {
                 res.source = Some(Endpoint { addr: m.src, port: m.sport });
             }
             if m.live {
-                if let Err(r) = self.lookup(m) {
+                if let Err(r) = self.lookup(m, &mut last) {
                     self.settle_in(res, m, InVerdict::Drop(r));
                 }
             }
@@ -290,6 +297,57 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     // ---- stage 1 ----
 
+    /// Stage 1 for the common case, in one pass over fixed offsets: an untagged frame,
+    /// IPv4 with a 20-byte header and a good checksum, not a fragment, UDP to one of our
+    /// NAT-T ports, an ESP header with an SPI above 255. Writes what `parse` would and
+    /// returns true; for anything else (wrong, or merely less common) returns false,
+    /// and `parse` classifies the frame, writing every field again. The property test
+    /// `fast_parse_agrees_with_parse` holds the two to the same answers.
+    #[inline(always)]
+    fn parse_fast<F: Frame>(&self, pkt: &F, m: &mut Meta, res: &mut InResult) -> bool {
+        const L3: usize = ethernet::HEADER_LEN;
+        const L4: usize = L3 + ipv4::HEADER_LEN;
+        const ESP: usize = L4 + udp::HEADER_LEN;
+        let d = pkt.data();
+        let nic = pkt.ip_checksum();
+        let Some(h) = d.first_chunk::<{ ESP + esp::HEADER_LEN }>() else { return false };
+        if nic == RxChecksum::Bad || be16(h, 12) != ethertype::IPV4 {
+            return false;
+        }
+        let Some(ip) = ipv4::basic(&d[L3..], nic == RxChecksum::Good) else { return false };
+        let (sport, dport, ulen) = (be16(h, L4), be16(h, L4 + 2), usize::from(be16(h, L4 + 4)));
+        let spi = be32(h, ESP);
+        // Not a keepalive (one byte), nor IKE (SPI 0 is its marker), nor malformed.
+        if ip.is_fragment()
+            || ip.protocol != proto::UDP
+            || ulen < udp::HEADER_LEN + esp::HEADER_LEN
+            || ulen > ip.total_len - ipv4::HEADER_LEN
+            || dport == esp::IKE_PORT
+            || !self.is_natt_port(dport)
+            || spi < 256
+        {
+            return false;
+        }
+        m.l3 = L3;
+        m.v6 = false;
+        m.src = IpAddr::V4(ip.src);
+        m.dst = IpAddr::V4(ip.dst);
+        m.tos = ip.tos;
+        m.ttl = ip.ttl;
+        m.ident = ip.ident;
+        m.df = ip.dont_frag;
+        m.has_src = true;
+        m.sport = sport;
+        m.dport = dport;
+        m.spi = spi;
+        m.seq = u64::from(be32(h, ESP + 4));
+        m.encap = true;
+        m.esp = ESP;
+        m.end = L4 + ulen;
+        res.spi = Some(spi);
+        true
+    }
+
     fn parse<F>(&mut self, now: u64, pkt: &mut F, m: &mut Meta, res: &mut InResult) -> Result<(), InVerdict>
     where
         F: Frame,
@@ -373,11 +431,19 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         use InVerdict::{Drop, Punt};
         let l3 = m.l3;
         let nic = pkt.ip_checksum();
-        let ip = ipv4::Packet::new_checked(&pkt.data()[l3..]).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
-        if !nic.is_good(|| ip.verify_checksum()) {
-            return Err(Drop(DropReason::IpChecksumBad));
-        }
-        let r = ip.repr();
+        let d = &pkt.data()[l3..];
+        // The common case in one pass; the views sort out the rest and say what is wrong.
+        let basic = if nic == RxChecksum::Bad { None } else { ipv4::basic(d, nic == RxChecksum::Good) };
+        let r = match basic {
+            Some(r) => r,
+            None => {
+                let ip = ipv4::Packet::new_checked(d).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
+                if !nic.is_good(|| ip.verify_checksum()) {
+                    return Err(Drop(DropReason::IpChecksumBad));
+                }
+                ip.repr()
+            }
+        };
         let (hl, total) = (r.header_len, r.total_len);
         m.v6 = false;
         m.src = IpAddr::V4(r.src);
@@ -490,8 +556,14 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     /// Find the SA (`m.slot`) and check everything that needs no crypto.
     #[inline]
-    fn lookup(&mut self, m: &mut Meta) -> Result<(), DropReason> {
-        m.slot = self.sas.inbound(m.spi)?;
+    fn lookup(&mut self, m: &mut Meta, last: &mut (u32, u32)) -> Result<(), DropReason> {
+        m.slot = if m.spi == last.0 {
+            last.1
+        } else {
+            let slot = self.sas.inbound(m.spi)?;
+            *last = (m.spi, slot);
+            slot
+        };
         let sa = &self.sas.entry(m.slot).ok_or(DropReason::NoSa)?.rt;
         if sa.expired {
             return Err(DropReason::SaExpired);
@@ -583,14 +655,13 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         };
 
         // The peer's NAT mapping, from authenticated packets that advance the window
-        // (an old reordered packet must not move it back).
-        let seen = Endpoint { addr: m.src, port: if m.encap { m.sport } else { 0 } };
+        // (an old reordered packet must not move it back). `sport` is 0 for plain ESP.
         let mut moved = None;
-        if advanced && seen != sa.endpoint {
-            let old = sa.endpoint;
+        if advanced && (m.sport != sa.endpoint.port || m.src != sa.endpoint.addr) {
+            let (old, seen) = (sa.endpoint, Endpoint { addr: m.src, port: m.sport });
             sa.endpoint = seen;
             sa.stats.nat_changes += 1;
-            moved = Some((old, if sa.nat_update { sa.paired_spi } else { None }));
+            moved = Some((old, seen, if sa.nat_update { sa.paired_spi } else { None }));
         }
         let spi = sa.spi;
         let verdict = match unwrap_inner(sa, pkt, m) {
@@ -602,7 +673,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
             Err(r) => InVerdict::Drop(r),
         };
-        if let Some((old, pair)) = moved {
+        if let Some((old, seen, pair)) = moved {
             counters.nat_changes += 1;
             let updated = pair.filter(|p| sas.follow_nat(*p, seen));
             events.event(Event {
@@ -639,46 +710,38 @@ where
     match sa.mode {
         Mode::Tunnel => {
             let inner = &mut raw[pstart..pstart + plen];
-            let (src, dst, len, ecn, et) = match t.next_header {
+            // Each family checks its own addresses, so that no `IpAddr` is carried
+            // across the match.
+            let (len, et) = match t.next_header {
                 proto::IPV4 => {
-                    let ip = ipv4::Packet::new_checked(&inner[..]).map_err(|_| DropReason::InnerMalformed)?;
-                    if !ip.verify_checksum() {
-                        return Err(DropReason::InnerMalformed);
+                    let r = match ipv4::basic(inner, false) {
+                        Some(r) => r,
+                        None => {
+                            let ip = ipv4::Packet::new_checked(&inner[..]).map_err(|_| DropReason::InnerMalformed)?;
+                            if !ip.verify_checksum() {
+                                return Err(DropReason::InnerMalformed);
+                            }
+                            ip.repr()
+                        }
+                    };
+                    let ecn = r.tos & 3;
+                    let new_ecn = inner_checks(sa, m, IpAddr::V4(r.src), IpAddr::V4(r.dst), ecn)?;
+                    if new_ecn != ecn {
+                        ipv4::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
                     }
-                    let r = ip.repr();
-                    (IpAddr::V4(r.src), IpAddr::V4(r.dst), r.total_len, r.tos & 3, ethertype::IPV4)
+                    (r.total_len, ethertype::IPV4)
                 }
                 proto::IPV6 => {
                     let ip = ipv6::Packet::new_checked(&inner[..]).map_err(|_| DropReason::InnerMalformed)?;
-                    (
-                        IpAddr::V6(ip.src()),
-                        IpAddr::V6(ip.dst()),
-                        ip.total_len(),
-                        ip.traffic_class() & 3,
-                        ethertype::IPV6,
-                    )
+                    let (len, ecn) = (ip.total_len(), ip.traffic_class() & 3);
+                    let new_ecn = inner_checks(sa, m, IpAddr::V6(ip.src()), IpAddr::V6(ip.dst()), ecn)?;
+                    if new_ecn != ecn {
+                        ipv6::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
+                    }
+                    (len, ethertype::IPV6)
                 }
                 _ => return Err(DropReason::NextHeaderUnsupported),
             };
-            if !sa.sel_peer.contains(&src) || !sa.sel_local.contains(&dst) {
-                return Err(DropReason::SelectorMismatch);
-            }
-            // RFC 6040 §4.2 decapsulation: CE propagates, CE over Not-ECT drops,
-            // outer ECT(1) over inner ECT(0) propagates.
-            let outer = m.tos & 3;
-            let new_ecn = match (outer, ecn) {
-                (3, 0) => return Err(DropReason::EcnCeNotEct),
-                (3, _) => 3,
-                (1, 2) => 1,
-                _ => ecn,
-            };
-            if new_ecn != ecn {
-                if et == ethertype::IPV4 {
-                    ipv4::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
-                } else {
-                    ipv6::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
-                }
-            }
             let l2 = pstart - ethernet::HEADER_LEN;
             write_l2(raw, h, l2, et);
             pkt.set_range(l2, ethernet::HEADER_LEN + len);
@@ -727,14 +790,33 @@ where
     }
 }
 
+/// The tunnel-mode checks of an inner packet: its addresses within the SA's selectors
+/// (source the peer's, destination ours), and its ECN field against the outer one.
+/// Returns the ECN field to deliver.
+#[inline(always)]
+fn inner_checks<K>(sa: &SaRuntime<K>, m: &Meta, src: IpAddr, dst: IpAddr, ecn: u8) -> Result<u8, DropReason> {
+    if !sa.sel_peer.contains(&src) || !sa.sel_local.contains(&dst) {
+        return Err(DropReason::SelectorMismatch);
+    }
+    // RFC 6040 §4.2 decapsulation: CE propagates, CE over Not-ECT drops, outer ECT(1)
+    // over inner ECT(0) propagates.
+    match (m.tos & 3, ecn) {
+        (3, 0) => Err(DropReason::EcnCeNotEct),
+        (3, _) => Ok(3),
+        (1, 2) => Ok(1),
+        _ => Ok(ecn),
+    }
+}
+
 /// Write an untagged Ethernet header at `at`, keeping the MAC addresses of the frame
 /// that started at `from`.
 #[inline]
 fn write_l2(raw: &mut [u8], from: usize, at: usize, et: u16) {
-    let mut h = [0u8; 14];
-    h[..12].copy_from_slice(&raw[from..from + 12]);
-    h[12..].copy_from_slice(&et.to_be_bytes());
-    raw[at..at + 14].copy_from_slice(&h);
+    let Some(&macs) = raw.get(from..).and_then(|r| r.first_chunk::<12>()) else { return };
+    if let Some(h) = raw.get_mut(at..).and_then(|r| r.first_chunk_mut::<{ ethernet::HEADER_LEN }>()) {
+        h[..12].copy_from_slice(&macs);
+        h[12..].copy_from_slice(&et.to_be_bytes());
+    }
 }
 
 /// Recompute the TCP, UDP or ICMPv6 checksum of the packet `ip` (fresh header of 20 or
@@ -770,4 +852,134 @@ pub(crate) fn fix_l4_checksum(ip: &mut [u8], src: IpAddr, dst: IpAddr, proto_: u
     }
     seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::PktBuf;
+    use crate::engine::EngineConfig;
+    use crate::sa::SaTable;
+    use proptest::prelude::*;
+
+    fn engine() -> Engine {
+        Engine::with_store(EngineConfig::default(), SaTable::new(), &[4501])
+    }
+
+    /// Ethernet, IPv4 (checksum filled in), UDP from 1024 to `dport`, then `payload`.
+    fn frame(dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let total = (20 + 8 + payload.len()) as u16;
+        f.extend_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 198, 51, 100, 7, 203, 0, 113, 1]);
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        fill_ip_checksum(&mut f);
+        f.extend_from_slice(&1024u16.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn fill_ip_checksum(f: &mut [u8]) {
+        f[24] = 0;
+        f[25] = 0;
+        let c = checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+
+    fn esp_payload() -> Vec<u8> {
+        let mut p = vec![0x00, 0x00, 0x10, 0x01, 0, 0, 0, 7];
+        p.extend((0..56).map(|i| i as u8));
+        p
+    }
+
+    type Parsed = (Meta, InResult);
+
+    /// Both stage-1 parsers on one frame: the fast one's answer, if it gave one, and
+    /// the full one's.
+    fn both(f: &[u8], nic: RxChecksum) -> (Option<Parsed>, Result<Parsed, InVerdict>) {
+        let mut e = engine();
+        let mut pkt = PktBuf::from_frame(f, 64, 64);
+        pkt.set_ip_checksum(nic);
+        let (mut m, mut res) = (EMPTY, InResult::default());
+        let fast = e.parse_fast(&pkt, &mut m, &mut res).then_some((m, res));
+        let (mut m, mut res) = (EMPTY, InResult::default());
+        let full = e.parse(0, &mut pkt, &mut m, &mut res).map(|()| (m, res));
+        (fast, full)
+    }
+
+    #[test]
+    fn fast_parse_takes_the_common_case_and_nothing_else() {
+        let esp = esp_payload();
+        let (fast, full) = both(&frame(4500, &esp), RxChecksum::Unknown);
+        let (m, res) = fast.expect("ESP in UDP to 4500 takes the fast path");
+        assert_eq!((m.spi, m.seq, m.esp, m.end, m.sport, m.dport), (0x1001, 7, 42, 42 + esp.len(), 1024, 4500));
+        assert_eq!(res.spi, Some(0x1001));
+        assert_eq!(full, Ok((m, res)));
+        assert!(both(&frame(4501, &esp), RxChecksum::Good).0.is_some(), "an extra NAT-T port");
+        // Each of these goes to the full parser, which says what it is.
+        let mut vlan = frame(4500, &esp);
+        vlan.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+        let mut frag = frame(4500, &esp);
+        frag[20] = 0x20;
+        fill_ip_checksum(&mut frag);
+        let mut bad_sum = frame(4500, &esp);
+        bad_sum[25] ^= 1;
+        type Case = (&'static str, Vec<u8>, RxChecksum, Result<(), InVerdict>);
+        let cases: [Case; 8] = [
+            ("keepalive", frame(4500, &[0xff]), RxChecksum::Unknown, Err(InVerdict::Keepalive)),
+            (
+                "IKE",
+                frame(4500, &[0, 0, 0, 0, 1, 2, 3, 4, 5]),
+                RxChecksum::Unknown,
+                Err(InVerdict::Punt(PuntReason::Ike)),
+            ),
+            (
+                "SPI 255",
+                frame(4500, &[0, 0, 0, 255, 0, 0, 0, 1]),
+                RxChecksum::Unknown,
+                Err(InVerdict::Drop(DropReason::NattMalformed)),
+            ),
+            ("port 500", frame(500, &esp), RxChecksum::Unknown, Err(InVerdict::Punt(PuntReason::Ike))),
+            ("another port", frame(53, &esp), RxChecksum::Unknown, Err(InVerdict::Punt(PuntReason::Host))),
+            ("VLAN", vlan, RxChecksum::Unknown, Ok(())),
+            ("fragment", frag, RxChecksum::Unknown, Err(InVerdict::Held)),
+            ("checksum", bad_sum, RxChecksum::Unknown, Err(InVerdict::Drop(DropReason::IpChecksumBad))),
+        ];
+        for (what, f, nic, want) in cases {
+            let (fast, full) = both(&f, nic);
+            assert!(fast.is_none(), "{what}");
+            assert_eq!(full.map(|_| ()), want, "{what}");
+        }
+        let (fast, full) = both(&frame(4500, &esp), RxChecksum::Bad);
+        assert!(fast.is_none());
+        assert_eq!(full.map(|_| ()), Err(InVerdict::Drop(DropReason::IpChecksumBad)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Wherever the fast parser answers, the full one gives the same answer.
+        #[test]
+        fn fast_parse_agrees_with_parse(
+            flips in proptest::collection::vec((0usize..56, any::<u8>()), 0..4),
+            cut in 0usize..80,
+            refill in any::<bool>(),
+            nic in prop_oneof![Just(RxChecksum::Unknown), Just(RxChecksum::Good), Just(RxChecksum::Bad)],
+        ) {
+            let mut f = frame(4500, &esp_payload());
+            for (at, x) in flips {
+                f[at] ^= x;
+            }
+            if refill {
+                fill_ip_checksum(&mut f);
+            }
+            f.truncate(f.len() - cut.min(f.len()));
+            let (fast, full) = both(&f, nic);
+            if let Some(fast) = fast {
+                prop_assert_eq!(full, Ok(fast));
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use crate::crypto::{AeadKey, Backend, nonce};
 use crate::engine::{Engine, MAX_BURST, account, expire};
 use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
 use crate::reason::{DropReason, PuntReason};
-use crate::sa::{CRYPTO_AHEAD, DfPolicy, Endpoint, Mode, OutboundAhead, SaStore};
+use crate::sa::{CRYPTO_AHEAD, DfPolicy, Endpoint, Mode, OUTER4_LEN, OutboundAhead, SaStore};
 use crate::wire::esp::{self, ICV_LEN, PREFIX_LEN, TRAILER_LEN};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::{WireError, checksum, ipv4, ipv6, proto, udp};
@@ -160,8 +160,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let meta = &mut scratch[..n];
 
         // Stage 1: parse the inner IP header.
+        self.counters.out_packets += n as u64;
         for ((pkt, m), res) in pkts.iter().zip(meta.iter_mut()).zip(results.iter_mut()) {
-            self.counters.out_packets += 1;
             self.counters.out_bytes += pkt.len() as u64;
             *res = OutResult::default();
             m.live = false;
@@ -173,8 +173,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
 
         // Stage 2: select the SA by destination (the store may look ahead across the
-        // burst first, so that the lookups' memory accesses overlap); check the source
-        // against its selectors.
+        // burst first, so that the lookups' memory accesses overlap).
         if self.sas.looks_ahead() {
             let mut keys = [OutboundAhead { dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED), len: 0 }; MAX_BURST];
             let mut k = 0;
@@ -184,10 +183,20 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
             self.sas.look_ahead_outbound(&keys[..k]);
         }
+        // The last destination looked up in this burst and its SA: packets to one
+        // client come in runs, and the store cannot change within a stage.
+        let mut last = (IpAddr::V4(Ipv4Addr::UNSPECIFIED), NO_SLOT);
         for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
             if m.live {
+                if last.1 != NO_SLOT && m.dst == last.0 {
+                    m.slot = last.1;
+                    continue;
+                }
                 match self.sas.outbound(&m.dst) {
-                    Ok(slot) => m.slot = slot,
+                    Ok(slot) => {
+                        m.slot = slot;
+                        last = (m.dst, slot);
+                    }
                     Err(r) => {
                         m.live = false;
                         self.settle_out(res, m, OutVerdict::Drop(r));
@@ -195,16 +204,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                 }
             }
         }
-        for (m, res) in meta.iter_mut().zip(results.iter_mut()) {
-            if m.live {
-                if let Err(r) = self.select(m, res) {
-                    m.live = false;
-                    self.settle_out(res, m, OutVerdict::Drop(r));
-                }
-            }
-        }
 
-        // Stage 3: every check that can fail, then the sequence number.
+        // Stage 3: every check that can fail (selectors first), then the sequence number.
         for ((pkt, m), res) in pkts.iter().zip(meta.iter_mut()).zip(results.iter_mut()) {
             if m.live {
                 let (head, room) = (pkt.headroom(), pkt.tailroom() + pkt.len());
@@ -259,6 +260,11 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     fn classify(&self, d: &[u8], nic: RxChecksum, m: &mut Meta) -> Result<(), OutVerdict> {
         use OutVerdict::{Drop, Punt};
+        // The common case first, in one pass: untagged IPv4 with a 20-byte header.
+        if let Some(r) = basic_v4(d, nic) {
+            note_v4(m, ethernet::HEADER_LEN, &r);
+            return Ok(());
+        }
         let l2 = ethernet::Frame::new_checked(d).and_then(|f| f.info()).map_err(|e| {
             Drop(if e == WireError::Malformed { DropReason::StackedVlan } else { DropReason::FrameTruncated })
         })?;
@@ -266,19 +272,20 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let ip = &d[m.l3..];
         let (src, dst) = match l2.ethertype {
             ethertype::IPV4 => {
-                let p = ipv4::Packet::new_checked(ip).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
-                if !nic.is_good(|| p.verify_checksum()) {
-                    return Err(Drop(DropReason::IpChecksumBad));
-                }
-                let r = p.repr();
-                m.v6 = false;
-                m.ip_len = r.total_len;
-                m.hl = r.header_len;
-                m.tos = r.tos;
-                m.ttl = r.ttl;
-                m.df = r.dont_frag;
-                m.next_header = r.protocol;
-                (IpAddr::V4(r.src), IpAddr::V4(r.dst))
+                // The common case in one pass; the views sort out the rest.
+                let basic = if nic == RxChecksum::Bad { None } else { ipv4::basic(ip, nic == RxChecksum::Good) };
+                let r = match basic {
+                    Some(r) => r,
+                    None => {
+                        let p = ipv4::Packet::new_checked(ip).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
+                        if !nic.is_good(|| p.verify_checksum()) {
+                            return Err(Drop(DropReason::IpChecksumBad));
+                        }
+                        p.repr()
+                    }
+                };
+                note_v4(m, m.l3, &r);
+                return Ok(());
             }
             ethertype::IPV6 => {
                 let p = ipv6::Packet::new_checked(ip).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
@@ -298,21 +305,11 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         Ok(())
     }
 
-    // ---- stage 2 ----
-
-    fn select(&self, m: &mut Meta, res: &mut OutResult) -> Result<(), DropReason> {
-        let e = self.sas.entry(m.slot).ok_or(DropReason::NoOutboundSa)?;
-        res.spi = Some(e.rt.spi);
-        if e.rt.mode == Mode::Tunnel && !e.rt.sel_local.contains(&m.src) {
-            return Err(DropReason::SelectorMismatch);
-        }
-        Ok(())
-    }
-
     // ---- stage 3 ----
 
-    /// Lay out the packet for its SA and take a sequence number. `head` is the
-    /// headroom, `room` the frame length plus tailroom.
+    /// Check the source against the SA's selectors, lay out the packet for the SA and
+    /// take a sequence number. `head` is the headroom, `room` the frame length plus
+    /// tailroom.
     fn plan<E: Host>(
         &mut self,
         head: usize,
@@ -324,10 +321,14 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let mtu = self.cfg.mtu;
         let e = self.sas.entry_mut(m.slot).ok_or(DropReason::NoOutboundSa)?;
         let sa = &mut e.rt;
+        res.spi = Some(sa.spi);
+        let tunnel = sa.mode == Mode::Tunnel;
+        if tunnel && !sa.sel_local.contains(&m.src) {
+            return Err(DropReason::SelectorMismatch);
+        }
         if sa.expired {
             return Err(DropReason::SaExpired);
         }
-        let tunnel = sa.mode == Mode::Tunnel;
         if tunnel {
             // Tunnel mode forwards: the inner TTL must survive its decrement.
             if m.ttl <= 1 {
@@ -488,6 +489,38 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let esp_at = (m.esp_at - m.l2_at) as usize;
         let l3_end = if sa.encap.is_some() { esp_at - udp::HEADER_LEN } else { esp_at };
         let len = f.len();
+        if sa.outer4[0] == 0x45 {
+            // Tunnel mode over IPv4 in UDP: the SA's template (checksum field zero),
+            // with what differs per packet filled in and added to the template's sum.
+            let df = if sa.df == DfPolicy::Copy && m.df { ipv4::FLAG_DF } else { 0 };
+            let (total, udp_len) = ((len - ip) as u16, (len - l3_end) as u16);
+            if let Some(h) = f.get_mut(ip..).and_then(|t| t.first_chunk_mut::<OUTER4_LEN>()) {
+                *h = sa.outer4;
+                let w0 = 0x4500_0000 | (u32::from(m.tos) << 16) | u32::from(total);
+                let w1 = (u32::from(ident) << 16) | u32::from(df) | (u32::from(h[6]) << 8);
+                h[0..4].copy_from_slice(&w0.to_be_bytes());
+                h[4..8].copy_from_slice(&w1.to_be_bytes());
+                h[24..26].copy_from_slice(&udp_len.to_be_bytes());
+                if !offload.ipv4_header {
+                    // Under 2^18: two end-around carries fold it.
+                    let sum = sa.outer4_sum + u32::from(m.tos) + u32::from(total) + u32::from(ident) + u32::from(df);
+                    let sum = (sum & 0xffff) + (sum >> 16);
+                    let sum = (sum & 0xffff) + (sum >> 16);
+                    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+                }
+                // Else DPDK: the NIC fills a header checksum field left zero.
+            }
+            if let Some(eth) = f.first_chunk_mut::<{ ethernet::HEADER_LEN }>() {
+                eth[12..].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+            }
+            pkt.set_range(l2, end - l2);
+            return TxChecksum {
+                ipv4_header: offload.ipv4_header,
+                l2_len: ethernet::HEADER_LEN as u8,
+                l3_len: ipv4::HEADER_LEN as u8,
+                ..TxChecksum::NONE
+            };
+        }
         let ip_proto = if sa.encap.is_some() { proto::UDP } else { proto::ESP };
         let peer = sa.endpoint.addr;
         if let Some(enc) = sa.encap {
@@ -577,5 +610,131 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
         pkt.set_range(l2, end - l2);
         tx
+    }
+}
+
+/// An untagged frame of IPv4 with a 20-byte header (checked as `ipv4::basic` does), or
+/// `None` for anything else, which `classify` then sorts out.
+#[inline(always)]
+fn basic_v4(d: &[u8], nic: RxChecksum) -> Option<ipv4::HeaderRepr> {
+    let (eth, ip) = d.split_first_chunk::<{ ethernet::HEADER_LEN }>()?;
+    if nic == RxChecksum::Bad || u16::from_be_bytes([eth[12], eth[13]]) != ethertype::IPV4 {
+        return None;
+    }
+    ipv4::basic(ip, nic == RxChecksum::Good)
+}
+
+/// Keep what the later stages need of an inner IPv4 header at `l3`.
+#[inline(always)]
+fn note_v4(m: &mut Meta, l3: usize, r: &ipv4::HeaderRepr) {
+    m.l3 = l3;
+    m.v6 = false;
+    m.ip_len = r.total_len;
+    m.hl = r.header_len;
+    m.tos = r.tos;
+    m.ttl = r.ttl;
+    m.df = r.dont_frag;
+    m.next_header = r.protocol;
+    m.src = IpAddr::V4(r.src);
+    m.dst = IpAddr::V4(r.dst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::PktBuf;
+    use crate::engine::{EngineConfig, TxChecksumOffload};
+    use crate::event::Discard;
+    use crate::sa::config::parse_sa;
+    use crate::{Engine, crypto::Ring};
+
+    /// An engine with one tunnel-mode outbound SA over IPv4 in UDP, with its header
+    /// template, or with the template cleared (so the general code writes the headers).
+    fn engine(df: &str, offload: bool, template: bool) -> Engine {
+        let sa = serde_json::json!({
+            "name": "out", "spi": 0x2001, "direction": "outbound", "mode": "tunnel", "algorithm": "aes128-gcm",
+            "key": "00112233445566778899aabbccddeeff", "salt": "01020304",
+            "local": "203.0.113.1", "peer": "198.51.100.7", "encap": {"local_port": 4500, "peer_port": 31000},
+            "ttl": 61, "df": df,
+            "selectors": {"local": ["10.0.0.0/16"], "peer": ["10.8.0.2/32"]},
+        });
+        let cfg = EngineConfig {
+            tx_checksum: TxChecksumOffload { ipv4_header: offload, udp: false },
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::<Ring>::with_sas(cfg, [parse_sa(&sa).expect("valid SA")]).expect("installs");
+        let slot = e.store().outbound_slot(0x2001).expect("installed");
+        let rt = &mut e.store_mut().get_mut(slot).expect("installed").rt;
+        assert_eq!(rt.outer4[0], 0x45, "an IPv4 tunnel in UDP has a template");
+        if !template {
+            rt.outer4 = [0; OUTER4_LEN];
+        }
+        e
+    }
+
+    /// An inner IPv4/UDP packet from 10.0.1.9 to 10.8.0.2 behind an Ethernet header.
+    fn inner(tos: u8, df: bool, len: usize) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let mut ip =
+            [0x45, tos, 0, 0, 0x12, 0x34, if df { 0x40 } else { 0 }, 0, 64, 17, 0, 0, 10, 0, 1, 9, 10, 8, 0, 2];
+        ip[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        let c = checksum::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend((0..len - 20).map(|i| i as u8));
+        f
+    }
+
+    fn encap(e: &mut Engine, frame: &[u8]) -> (Vec<u8>, OutResult) {
+        let mut pkts = [PktBuf::from_frame(frame, 128, 64)];
+        let mut res = [OutResult::default()];
+        e.encap_burst(&mut pkts, &mut res, &mut Discard);
+        (pkts[0].data().to_vec(), res[0])
+    }
+
+    #[test]
+    fn the_header_template_writes_what_the_general_code_writes() {
+        let mut seen = 0;
+        for df in ["copy", "set", "clear"] {
+            for offload in [false, true] {
+                let (mut fast, mut slow) = (engine(df, offload, true), engine(df, offload, false));
+                for (tos, inner_df, len) in [(0, true, 64), (0xb8, false, 64), (3, true, 1400), (0x2e, false, 333)] {
+                    let f = inner(tos, inner_df, len);
+                    let (a, ra) = encap(&mut fast, &f);
+                    let (b, rb) = encap(&mut slow, &f);
+                    assert_eq!(ra.verdict, OutVerdict::Encapsulated);
+                    assert_eq!(
+                        (hex(&a), ra),
+                        (hex(&b), rb),
+                        "df {df}, offload {offload}, tos {tos}, inner DF {inner_df}"
+                    );
+                    let ip = &a[14..34];
+                    assert_eq!(ip[6] & 0x40 != 0, df == "set" || (df == "copy" && inner_df), "DF");
+                    assert_eq!((ip[1], ip[8], ip[9]), (tos, 61, 17));
+                    assert_eq!(checksum::checksum(ip) == 0, !offload, "the checksum, or zero for the NIC");
+                    assert_eq!(&a[34..38], &[0x11, 0x94, 0x79, 0x18], "ports 4500 to 31000");
+                    seen += 1;
+                }
+                // The peer's NAT mapping moves: both send to the new endpoint.
+                let to = Endpoint { addr: "192.0.2.77".parse().unwrap(), port: 40000 };
+                for (e, template) in [(&mut fast, true), (&mut slow, false)] {
+                    let slot = e.store().outbound_slot(0x2001).unwrap();
+                    let rt = &mut e.store_mut().get_mut(slot).unwrap().rt;
+                    assert!(rt.follow_nat(to));
+                    if !template {
+                        rt.outer4 = [0; OUTER4_LEN];
+                    }
+                }
+                let f = inner(0, true, 100);
+                let ((a, ra), (b, rb)) = (encap(&mut fast, &f), encap(&mut slow, &f));
+                assert_eq!((hex(&a), ra), (hex(&b), rb), "after the NAT moved");
+                assert_eq!((&a[30..34], &a[36..38]), (&[192u8, 0, 2, 77][..], &40000u16.to_be_bytes()[..]));
+            }
+        }
+        assert_eq!(seen, 24);
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 }

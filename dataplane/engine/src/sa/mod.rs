@@ -10,6 +10,7 @@ pub mod table;
 
 pub use params::{Algorithm, DfPolicy, Direction, Encap, Key, Lifetime, Mode, SaParams, Selectors};
 pub use prefix::IpPrefix;
+pub(crate) use runtime::OUTER4_LEN;
 pub use runtime::{Endpoint, SaRuntime, SaStats};
 pub use store::{CRYPTO_AHEAD, InboundAhead, OutboundAhead, SaStore};
 pub use table::{SaEntry, SaTable, TableError};

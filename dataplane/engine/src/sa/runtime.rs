@@ -7,8 +7,12 @@ use super::prefix::SelectorSet;
 use crate::crypto::{AeadKey, Backend, KeyError};
 use crate::reason::DropReason;
 use crate::replay::ReplayWindow;
+use crate::wire::{checksum, ipv4, proto, udp};
 use core::fmt;
 use core::net::IpAddr;
+
+/// Length of the outer IPv4 and UDP headers of a tunnel-mode packet.
+pub(crate) const OUTER4_LEN: usize = ipv4::HEADER_LEN + udp::HEADER_LEN;
 
 /// An outer address and UDP port (0 for plain ESP).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,6 +91,13 @@ pub struct SaRuntime<K> {
     /// reaches these (the nearest soft or hard limit not yet acted on; `u64::MAX`: none).
     pub(crate) next_limit_packets: u64,
     pub(crate) next_limit_bytes: u64,
+    /// Outbound, tunnel mode over IPv4 in UDP: the outer IPv4 and UDP headers as far as
+    /// every packet shares them (version and header length, DF if the policy sets it,
+    /// TTL, protocol, addresses, ports), and the ones'-complement sum of those IPv4
+    /// words; the rest is filled in per packet. All zero for any other kind of SA.
+    /// Rebuilt whenever `endpoint` moves (`outer4_build`).
+    pub(crate) outer4: [u8; OUTER4_LEN],
+    pub(crate) outer4_sum: u32,
     /// Packet and byte counts first (the head ends with them), then drop counts.
     pub stats: SaStats,
     pub paired_spi: Option<u32>,
@@ -138,9 +149,12 @@ impl<K: AeadKey> SaRuntime<K> {
             sel_local: SelectorSet::new(&p.selectors.local),
             sel_peer: SelectorSet::new(&p.selectors.peer),
             stats: SaStats::default(),
+            outer4: [0; OUTER4_LEN],
+            outer4_sum: 0,
             key,
         };
         rt.update_next_limits();
+        rt.outer4_build();
         Ok(rt)
     }
 
@@ -151,7 +165,31 @@ impl<K: AeadKey> SaRuntime<K> {
             return false;
         }
         self.endpoint = Endpoint { addr: to.addr, port: if self.encap.is_some() { to.port } else { 0 } };
+        self.outer4_build();
         true
+    }
+
+    /// Lay out `outer4` for the current endpoint (see the field).
+    fn outer4_build(&mut self) {
+        self.outer4 = [0; OUTER4_LEN];
+        self.outer4_sum = 0;
+        let (Direction::Outbound, Mode::Tunnel, Some(enc), IpAddr::V4(src), IpAddr::V4(dst)) =
+            (self.direction, self.mode, self.encap, self.local, self.endpoint.addr)
+        else {
+            return;
+        };
+        let h = &mut self.outer4;
+        h[0] = 0x45;
+        if self.df == DfPolicy::Set {
+            h[6] = (ipv4::FLAG_DF >> 8) as u8;
+        }
+        h[8] = self.ttl;
+        h[9] = proto::UDP;
+        h[12..16].copy_from_slice(&src.octets());
+        h[16..20].copy_from_slice(&dst.octets());
+        h[20..22].copy_from_slice(&enc.local_port.to_be_bytes());
+        h[22..24].copy_from_slice(&self.endpoint.port.to_be_bytes());
+        self.outer4_sum = checksum::fold(checksum::sum(&h[..ipv4::HEADER_LEN])).into();
     }
 
     /// Carry the running state of `old` (the same SA before a replace with the same key:
@@ -163,6 +201,7 @@ impl<K: AeadKey> SaRuntime<K> {
         self.seq = self.seq.max(old.seq);
         self.seq_reserved = self.seq_reserved.max(old.seq_reserved);
         self.endpoint = old.endpoint;
+        self.outer4_build();
         self.expired = old.expired;
         self.soft_fired = old.soft_fired;
         self.stats = old.stats.clone();
@@ -255,6 +294,7 @@ mod tests {
             ("endpoint", offset_of!(Rt, endpoint) + size_of::<Endpoint>()),
             ("sequence numbers", offset_of!(Rt, seq_reserved) + 8),
             ("lifetime thresholds", offset_of!(Rt, next_limit_bytes) + 8),
+            ("outer header template", offset_of!(Rt, outer4_sum) + 4),
             ("packet and byte counts", offset_of!(Rt, stats) + 16),
         ] {
             assert!(end <= head, "{what} ends at {end}, past the head ({head})");

@@ -121,7 +121,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         let b = self.buffer.as_ref();
         let h = fixed(b);
         if h[field::VER_IHL] == 0x45 {
-            return checksum::fold(checksum::sum20(h)) == 0xffff;
+            return checksum::verify20(h);
         }
         checksum::checksum(&b[..self.header_len()]) == 0
     }
@@ -129,21 +129,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Every field of the fixed header, read in one pass (one bounds check).
     #[inline(always)]
     pub fn repr(&self) -> HeaderRepr {
-        let h = fixed(self.buffer.as_ref());
-        let flg_off = u16::from_be_bytes([h[field::FLG_OFF], h[field::FLG_OFF + 1]]);
-        HeaderRepr {
-            header_len: usize::from(h[field::VER_IHL] & 0x0f) * 4,
-            tos: h[field::TOS],
-            total_len: usize::from(u16::from_be_bytes([h[field::LENGTH], h[field::LENGTH + 1]])),
-            ident: u16::from_be_bytes([h[field::IDENT], h[field::IDENT + 1]]),
-            dont_frag: flg_off & FLAG_DF != 0,
-            more_frags: flg_off & FLAG_MF != 0,
-            frag_offset: usize::from(flg_off & OFFSET_MASK) * 8,
-            ttl: h[field::TTL],
-            protocol: h[field::PROTOCOL],
-            src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
-            dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
-        }
+        repr_fixed(fixed(self.buffer.as_ref()))
     }
 
     /// The bytes after the header, up to the total length.
@@ -212,16 +198,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_checksum(!checksum::fold(sum - old));
     }
 
-    /// Decrement the TTL and patch the checksum incrementally (RFC 1624).
+    /// Decrement the TTL (which must be at least 1) and patch the checksum
+    /// incrementally. The TTL-and-protocol word falls by 0x0100, so the checksum rises
+    /// by 0x0100 with an end-around carry (RFC 1624 eqn. 3 for this one change, as
+    /// Linux's `ip_decrease_ttl` does it); a result of 0xffff becomes 0x0000, which is
+    /// what recomputing gives.
     pub fn decrement_ttl(&mut self) {
         let b = self.buffer.as_mut();
-        // TTL and protocol share a 16-bit word: compute the new word in a register and
-        // store it whole (a byte store then a word load of it would stall forwarding).
-        let old = be16(b, field::TTL);
-        let new = old.wrapping_sub(0x100);
-        let c = checksum::update16(be16(b, field::CHECKSUM), old, new);
-        put16(b, field::TTL, new);
-        put16(b, field::CHECKSUM, c);
+        let c = u32::from(be16(b, field::CHECKSUM)) + 0x0100;
+        let c = c + u32::from(c >= 0xffff);
+        b[field::TTL] = b[field::TTL].wrapping_sub(1);
+        put16(b, field::CHECKSUM, c as u16);
     }
 
     /// Set the ECN field (low two bits of the TOS byte) and patch the checksum
@@ -241,6 +228,40 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     pub fn set_dst(&mut self, a: Ipv4Addr) {
         self.buffer.as_mut()[field::DST].copy_from_slice(&a.octets());
+    }
+}
+
+/// The common case of `new_checked`, `verify_checksum` and `repr` in one pass: a header
+/// of exactly 20 bytes (first byte 0x45) at the start of `b`, whose total length is at
+/// least 20 and fits `b`, and whose checksum verifies unless `checksum_known` (the NIC
+/// checked it). `None` for anything else, options included: the views then say what.
+#[inline(always)]
+pub fn basic(b: &[u8], checksum_known: bool) -> Option<HeaderRepr> {
+    let h: &[u8; HEADER_LEN] = b.first_chunk()?;
+    let total = usize::from(u16::from_be_bytes([h[field::LENGTH], h[field::LENGTH + 1]]));
+    let ok = h[field::VER_IHL] == 0x45
+        && total >= HEADER_LEN
+        && total <= b.len()
+        && (checksum_known || checksum::verify20(h));
+    ok.then(|| repr_fixed(h))
+}
+
+/// The fields of a fixed header.
+#[inline(always)]
+fn repr_fixed(h: &[u8; HEADER_LEN]) -> HeaderRepr {
+    let flg_off = u16::from_be_bytes([h[field::FLG_OFF], h[field::FLG_OFF + 1]]);
+    HeaderRepr {
+        header_len: usize::from(h[field::VER_IHL] & 0x0f) * 4,
+        tos: h[field::TOS],
+        total_len: usize::from(u16::from_be_bytes([h[field::LENGTH], h[field::LENGTH + 1]])),
+        ident: u16::from_be_bytes([h[field::IDENT], h[field::IDENT + 1]]),
+        dont_frag: flg_off & FLAG_DF != 0,
+        more_frags: flg_off & FLAG_MF != 0,
+        frag_offset: usize::from(flg_off & OFFSET_MASK) * 8,
+        ttl: h[field::TTL],
+        protocol: h[field::PROTOCOL],
+        src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+        dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
     }
 }
 
@@ -352,5 +373,23 @@ mod tests {
         p.set_ecn(3);
         assert_eq!(b[1] & 3, 3);
         assert_eq!(checksum::checksum(&b), 0);
+    }
+
+    #[test]
+    fn ttl_decrement_gives_the_recomputed_checksum_for_every_header_sum() {
+        // Walk the ident field through every value, so the checksum takes every value
+        // it can (0x0000 included; a computed checksum is never 0xffff), at TTLs 2 and 255.
+        let mut b = sample();
+        for ttl in [2u8, 64, 255] {
+            for ident in 0..=u16::MAX {
+                b[8] = ttl;
+                b[4..6].copy_from_slice(&ident.to_be_bytes());
+                Packet::new_unchecked(&mut b[..]).fill_checksum();
+                Packet::new_unchecked(&mut b[..]).decrement_ttl();
+                let got = u16::from_be_bytes([b[10], b[11]]);
+                Packet::new_unchecked(&mut b[..]).fill_checksum();
+                assert_eq!((b[8], got), (ttl - 1, u16::from_be_bytes([b[10], b[11]])), "ttl {ttl}, ident {ident:04x}");
+            }
+        }
     }
 }
