@@ -309,12 +309,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         const L4: usize = L3 + ipv4::HEADER_LEN;
         const ESP: usize = L4 + udp::HEADER_LEN;
         let d = pkt.data();
-        let nic = pkt.ip_checksum();
         let Some(h) = d.first_chunk::<{ ESP + esp::HEADER_LEN }>() else { return false };
-        if nic == RxChecksum::Bad || be16(h, 12) != ethertype::IPV4 {
-            return false;
-        }
-        let Some(ip) = ipv4::basic(&d[L3..], nic == RxChecksum::Good) else { return false };
+        let Some(ip) = ipv4::basic_in_frame(d, pkt.ip_checksum()) else { return false };
         let (sport, dport, ulen) = (be16(h, L4), be16(h, L4 + 2), usize::from(be16(h, L4 + 4)));
         let spi = be32(h, ESP);
         // Not a keepalive (one byte), nor IKE (SPI 0 is its marker), nor malformed.
@@ -329,13 +325,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             return false;
         }
         m.l3 = L3;
-        m.v6 = false;
-        m.src = IpAddr::V4(ip.src);
-        m.dst = IpAddr::V4(ip.dst);
-        m.tos = ip.tos;
-        m.ttl = ip.ttl;
-        m.ident = ip.ident;
-        m.df = ip.dont_frag;
+        note_v4(m, &ip);
         m.has_src = true;
         m.sport = sport;
         m.dport = dport;
@@ -431,27 +421,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         use InVerdict::{Drop, Punt};
         let l3 = m.l3;
         let nic = pkt.ip_checksum();
-        let d = &pkt.data()[l3..];
-        // The common case in one pass; the views sort out the rest and say what is wrong.
-        let basic = if nic == RxChecksum::Bad { None } else { ipv4::basic(d, nic == RxChecksum::Good) };
-        let r = match basic {
-            Some(r) => r,
-            None => {
-                let ip = ipv4::Packet::new_checked(d).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
-                if !nic.is_good(|| ip.verify_checksum()) {
-                    return Err(Drop(DropReason::IpChecksumBad));
-                }
-                ip.repr()
-            }
-        };
+        let r = ipv4::check(&pkt.data()[l3..], nic).map_err(|e| Drop(e.into()))?;
         let (hl, total) = (r.header_len, r.total_len);
-        m.v6 = false;
-        m.src = IpAddr::V4(r.src);
-        m.dst = IpAddr::V4(r.dst);
-        m.tos = r.tos;
-        m.ttl = r.ttl;
-        m.ident = r.ident;
-        m.df = r.dont_frag;
+        note_v4(m, &r);
         if !r.is_fragment() {
             return Ok(Some((r.protocol, l3 + hl, l3 + total)));
         }
@@ -714,16 +686,7 @@ where
             // across the match.
             let (len, et) = match t.next_header {
                 proto::IPV4 => {
-                    let r = match ipv4::basic(inner, false) {
-                        Some(r) => r,
-                        None => {
-                            let ip = ipv4::Packet::new_checked(&inner[..]).map_err(|_| DropReason::InnerMalformed)?;
-                            if !ip.verify_checksum() {
-                                return Err(DropReason::InnerMalformed);
-                            }
-                            ip.repr()
-                        }
-                    };
+                    let r = ipv4::check(inner, RxChecksum::Unknown).map_err(|_| DropReason::InnerMalformed)?;
                     let ecn = r.tos & 3;
                     let new_ecn = inner_checks(sa, m, IpAddr::V4(r.src), IpAddr::V4(r.dst), ecn)?;
                     if new_ecn != ecn {
@@ -788,6 +751,18 @@ where
             Ok((InVerdict::Transport, hl + plen))
         }
     }
+}
+
+/// Keep what the later stages need of an outer IPv4 header.
+#[inline(always)]
+fn note_v4(m: &mut Meta, r: &ipv4::HeaderRepr) {
+    m.v6 = false;
+    m.src = IpAddr::V4(r.src);
+    m.dst = IpAddr::V4(r.dst);
+    m.tos = r.tos;
+    m.ttl = r.ttl;
+    m.ident = r.ident;
+    m.df = r.dont_frag;
 }
 
 /// The tunnel-mode checks of an inner packet: its addresses within the SA's selectors

@@ -261,7 +261,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     fn classify(&self, d: &[u8], nic: RxChecksum, m: &mut Meta) -> Result<(), OutVerdict> {
         use OutVerdict::{Drop, Punt};
         // The common case first, in one pass: untagged IPv4 with a 20-byte header.
-        if let Some(r) = basic_v4(d, nic) {
+        if let Some(r) = ipv4::basic_in_frame(d, nic) {
             note_v4(m, ethernet::HEADER_LEN, &r);
             return Ok(());
         }
@@ -272,18 +272,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let ip = &d[m.l3..];
         let (src, dst) = match l2.ethertype {
             ethertype::IPV4 => {
-                // The common case in one pass; the views sort out the rest.
-                let basic = if nic == RxChecksum::Bad { None } else { ipv4::basic(ip, nic == RxChecksum::Good) };
-                let r = match basic {
-                    Some(r) => r,
-                    None => {
-                        let p = ipv4::Packet::new_checked(ip).map_err(|_| Drop(DropReason::IpHeaderInvalid))?;
-                        if !nic.is_good(|| p.verify_checksum()) {
-                            return Err(Drop(DropReason::IpChecksumBad));
-                        }
-                        p.repr()
-                    }
-                };
+                let r = ipv4::check(ip, nic).map_err(|e| Drop(e.into()))?;
                 note_v4(m, m.l3, &r);
                 return Ok(());
             }
@@ -611,17 +600,6 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         pkt.set_range(l2, end - l2);
         tx
     }
-}
-
-/// An untagged frame of IPv4 with a 20-byte header (checked as `ipv4::basic` does), or
-/// `None` for anything else, which `classify` then sorts out.
-#[inline(always)]
-fn basic_v4(d: &[u8], nic: RxChecksum) -> Option<ipv4::HeaderRepr> {
-    let (eth, ip) = d.split_first_chunk::<{ ethernet::HEADER_LEN }>()?;
-    if nic == RxChecksum::Bad || u16::from_be_bytes([eth[12], eth[13]]) != ethertype::IPV4 {
-        return None;
-    }
-    ipv4::basic(ip, nic == RxChecksum::Good)
 }
 
 /// Keep what the later stages need of an inner IPv4 header at `l3`.

@@ -127,6 +127,16 @@ impl DropReason {
     }
 }
 
+/// An outer IPv4 header that `ipv4::check` refused.
+impl From<crate::wire::ipv4::CheckError> for DropReason {
+    fn from(e: crate::wire::ipv4::CheckError) -> Self {
+        match e {
+            crate::wire::ipv4::CheckError::Header => DropReason::IpHeaderInvalid,
+            crate::wire::ipv4::CheckError::Checksum => DropReason::IpChecksumBad,
+        }
+    }
+}
+
 impl core::fmt::Display for DropReason {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.name())

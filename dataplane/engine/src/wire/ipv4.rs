@@ -1,6 +1,8 @@
 //! IPv4 headers (RFC 791).
 
+use super::ethernet::{self, ethertype};
 use super::{WireError, be16, checksum, put16};
+use crate::buf::RxChecksum;
 use core::net::Ipv4Addr;
 
 pub const HEADER_LEN: usize = 20;
@@ -233,17 +235,52 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
 /// The common case of `new_checked`, `verify_checksum` and `repr` in one pass: a header
 /// of exactly 20 bytes (first byte 0x45) at the start of `b`, whose total length is at
-/// least 20 and fits `b`, and whose checksum verifies unless `checksum_known` (the NIC
-/// checked it). `None` for anything else, options included: the views then say what.
+/// least 20 and fits `b`, and whose checksum is good (by the NIC's word where it has
+/// one, else verified here). `None` for anything else, options included: `check` then
+/// says what.
 #[inline(always)]
-pub fn basic(b: &[u8], checksum_known: bool) -> Option<HeaderRepr> {
+pub fn basic(b: &[u8], nic: RxChecksum) -> Option<HeaderRepr> {
     let h: &[u8; HEADER_LEN] = b.first_chunk()?;
     let total = usize::from(u16::from_be_bytes([h[field::LENGTH], h[field::LENGTH + 1]]));
     let ok = h[field::VER_IHL] == 0x45
         && total >= HEADER_LEN
         && total <= b.len()
-        && (checksum_known || checksum::verify20(h));
+        && nic != RxChecksum::Bad
+        && (nic == RxChecksum::Good || checksum::verify20(h));
     ok.then(|| repr_fixed(h))
+}
+
+/// `basic` for the IPv4 header of an untagged Ethernet frame.
+#[inline(always)]
+pub fn basic_in_frame(frame: &[u8], nic: RxChecksum) -> Option<HeaderRepr> {
+    let (eth, ip) = frame.split_first_chunk::<{ ethernet::HEADER_LEN }>()?;
+    if u16::from_be_bytes([eth[12], eth[13]]) != ethertype::IPV4 {
+        return None;
+    }
+    basic(ip, nic)
+}
+
+/// Why `check` refused a header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckError {
+    /// Not a valid header (`Packet::new_checked`).
+    Header,
+    Checksum,
+}
+
+/// Check the IPv4 header at the start of `b` and read its fields: `basic` for the
+/// common case, the view's checks for the rest (so that an error says what is wrong).
+/// `nic` is what the receiving NIC found of the checksum.
+#[inline(always)]
+pub fn check(b: &[u8], nic: RxChecksum) -> Result<HeaderRepr, CheckError> {
+    if let Some(r) = basic(b, nic) {
+        return Ok(r);
+    }
+    let ip = Packet::new_checked(b).map_err(|_| CheckError::Header)?;
+    if !nic.is_good(|| ip.verify_checksum()) {
+        return Err(CheckError::Checksum);
+    }
+    Ok(ip.repr())
 }
 
 /// The fields of a fixed header.
