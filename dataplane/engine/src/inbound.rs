@@ -65,7 +65,8 @@ impl Default for InResult {
 }
 
 /// What the stages pass on about one packet. Offsets are from the frame's start.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct Meta {
     live: bool,
     l3: usize,
