@@ -25,6 +25,7 @@ cargo test --workspace -q
 step "benchmarks build, and the engine benchmark runs each case once"
 cargo bench --workspace --no-run -q
 cargo bench -q -p natt-engine --bench engine -- --test
+cargo bench -q -p natt-engine --bench overhead -- --test
 
 step "interop: scapy and tshark"
 cargo build --release -q -p natt-pcap

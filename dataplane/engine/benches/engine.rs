@@ -13,142 +13,30 @@
 //!   nothing, i.e. the engine's own work alone.
 //!
 //! Each burst's buffers are refilled outside the timed section (`iter_custom`), the
-//! same way for both sides, so the difference of medians is the engine's own cost.
+//! same way for both sides, so the difference of medians is the engine's own cost:
+//! decapsulation and the raw opens both cycle through the same pool of `POOL` bursts of
+//! distinct packets (anti-replay needs rising sequence numbers), so that both pay the
+//! same cache misses for refilling from it.
 
+mod common;
+
+use common::*;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use natt_engine::crypto::{AeadKey, AuthFailed, Backend, Icv, KeyError, Nonce, Ring, nonce};
+use natt_engine::crypto::{AeadKey, Backend, Ring, nonce};
 use natt_engine::event::Discard;
-use natt_engine::sa::config::parse_config;
 use natt_engine::sa::{Algorithm, Direction};
 use natt_engine::{Engine, EngineConfig, Frame, InResult, InVerdict, OutResult, OutVerdict, PktBuf};
 use natt_ipsec_mb::IpsecMb;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-const BURST: usize = 32;
-const SIZES: [usize; 3] = [64, 512, 1420];
-/// Inbound (client to headend) and outbound keys: every SA needs its own.
-const KEY: &str = "000102030405060708090a0b0c0d0e0f10111213";
-const OUT_KEY: &str = "f0e0d0c0b0a090807060504030201000a0b0c0d0";
-const HEADROOM: usize = 128;
-const BUF: usize = 2048 + HEADROOM;
-/// Bursts of distinct ESP packets prepared for `decap`.
-const POOL: usize = 512;
-
-/// A backend whose AEAD does nothing: what remains is the engine's own cost.
-struct NoCrypto;
-struct NoKey;
-
-impl AeadKey for NoKey {
-    fn seal(&self, _: &Nonce, _: &[u8], data: &mut [u8]) -> Icv {
-        black_box(data);
-        [0; 16]
-    }
-    fn open(&self, _: &Nonce, _: &[u8], data: &mut [u8], _: &Icv) -> Result<(), AuthFailed> {
-        black_box(data);
-        Ok(())
-    }
-}
-
-impl Backend for NoCrypto {
-    type Key = NoKey;
-    const NAME: &'static str = "none";
-    fn key(_: Algorithm, _: &[u8]) -> Result<NoKey, KeyError> {
-        Ok(NoKey)
-    }
-}
-
-/// Outer addresses and selectors of one end of the tunnel.
-struct End {
-    local: &'static str,
-    peer: &'static str,
-    local_sel: &'static str,
-    peer_sel: &'static str,
-}
-
-const HEADEND: End =
-    End { local: "203.0.113.1", peer: "198.51.100.7", local_sel: "10.0.0.0/16", peer_sel: "10.8.0.2/32" };
-const CLIENT: End =
-    End { local: "198.51.100.7", peer: "203.0.113.1", local_sel: "10.8.0.2/32", peer_sel: "10.0.0.0/16" };
-
-fn sa(end: &End, spi: u32, dir: &str, pad_to: u8) -> String {
-    let extra =
-        if dir == "inbound" { r#", "replay_window": 1024"#.to_owned() } else { format!(r#", "pad_to": {pad_to}"#) };
-    // The client's outbound SA is the headend's inbound one: same key.
-    let key = if spi == 0x1001 { KEY } else { OUT_KEY };
-    format!(
-        r#"{{"spi": {spi}, "direction": "{dir}", "algorithm": "aes128-gcm", "key": "{key}",
-            "local": "{}", "peer": "{}", "encap": {{"local_port": 4500, "peer_port": 4500}},
-            "selectors": {{"local": ["{}"], "peer": ["{}"]}} {extra}}}"#,
-        end.local, end.peer, end.local_sel, end.peer_sel
-    )
-}
-
-fn headend_sas(pad_to: u8) -> Vec<natt_engine::SaParams> {
-    let cfg =
-        format!(r#"{{"sas": [{}, {}]}}"#, sa(&HEADEND, 0x1001, "inbound", 4), sa(&HEADEND, 0x2001, "outbound", pad_to));
-    parse_config(&cfg, None).unwrap()
-}
-
-fn client<B: Backend>() -> Engine<B> {
-    let cfg = format!(r#"{{"sas": [{}]}}"#, sa(&CLIENT, 0x1001, "outbound", 4));
-    Engine::with_sas(EngineConfig::default(), parse_config(&cfg, None).unwrap()).unwrap()
-}
-
-/// `POOL` bursts of distinct ESP packets with rising sequence numbers from a client.
-fn esp_pool<B: Backend>(request: &[u8]) -> Vec<Vec<u8>> {
-    let mut cl: Engine<B> = client();
-    let mut pool = Vec::with_capacity(POOL * BURST);
-    let mut bufs = buffers();
-    let mut out = vec![OutResult::default(); BURST];
-    for _ in 0..POOL {
-        refill(&mut bufs, std::slice::from_ref(&request.to_vec()));
-        cl.encap_burst(&mut bufs, &mut out, &mut Discard);
-        pool.extend(bufs.iter().map(|b| b.data().to_vec()));
-    }
-    pool
-}
-
-/// An Ethernet + IPv4 + UDP frame whose IP packet is `inner` bytes long.
-fn frame(src: [u8; 4], dst: [u8; 4], inner: usize) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0];
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&(inner as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let c = natt_engine::wire::checksum::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip.extend_from_slice(&[0x13, 0x88, 0x00, 0x35]);
-    ip.extend_from_slice(&((inner - 20) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 0]);
-    ip.resize(inner, 0x5a);
-    f.extend_from_slice(&ip);
-    f
-}
-
-/// 32 packet buffers, reused for every burst.
-fn buffers() -> Vec<PktBuf<Vec<u8>>> {
-    (0..BURST).map(|_| PktBuf::new(vec![0u8; BUF], HEADROOM, 0).unwrap()).collect()
-}
-
-fn refill(bufs: &mut [PktBuf<Vec<u8>>], frames: &[Vec<u8>]) {
-    for (b, f) in bufs.iter_mut().zip(frames.iter().cycle()) {
-        b.raw_mut()[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
-        b.set_range(HEADROOM, f.len());
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let key = Ring::key(Algorithm::Aes128Gcm, &hex::decode(&KEY[..32]).unwrap()).unwrap();
     let mb_key = IpsecMb::key(Algorithm::Aes128Gcm, &hex::decode(&KEY[..32]).unwrap()).unwrap();
-    let salt = [0x10, 0x11, 0x12, 0x13];
+    let salt = SALT;
     for size in SIZES {
-        // Where ESP's encrypted part sits in an encapsulated frame: after Ethernet,
-        // IPv4, UDP, ESP header and IV.
-        let ct_off = HEADROOM + 14 + 20 + 8 + 16;
-        let ct_len = size + natt_engine::wire::esp::pad_len_for(size) + 2;
+        let ct = ct_range(size);
         let request = frame([10, 8, 0, 2], [10, 0, 1, 5], size);
         let reply = frame([10, 0, 1, 5], [10, 8, 0, 2], size);
         let pool = esp_pool::<Ring>(&request);
@@ -158,24 +46,14 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("aes128gcm/{size}"));
         g.throughput(Throughput::Elements(BURST as u64));
 
-        bench_raw_seal(&mut g, "ring_seal", &key, &salt, esp_frames, ct_off..ct_off + ct_len);
-        bench_raw_seal(&mut g, "ipsec_mb_seal", &mb_key, &salt, esp_frames, ct_off..ct_off + ct_len);
+        bench_raw_seal(&mut g, "ring_seal", &key, &salt, esp_frames, ct.clone());
+        bench_raw_seal(&mut g, "ipsec_mb_seal", &mb_key, &salt, esp_frames, ct.clone());
 
-        // Packets sealed by ring itself, to be opened by ring.
-        let ring_sealed: Vec<Vec<u8>> = esp_frames
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let mut f = f.clone();
-                let o = ct_off - HEADROOM;
-                let aad = [0, 0, 0x20, 0x01, 0, 0, 0, i as u8];
-                let icv = key.seal(&nonce(&salt, &(i as u64).to_be_bytes()), &aad, &mut f[o..o + ct_len]);
-                f[o + ct_len..o + ct_len + 16].copy_from_slice(&icv);
-                f
-            })
-            .collect();
-        bench_raw_open(&mut g, "ring_open", &key, &salt, &ring_sealed, ct_off..ct_off + ct_len);
-        bench_raw_open(&mut g, "ipsec_mb_open", &mb_key, &salt, &ring_sealed, ct_off..ct_off + ct_len);
+        // The decapsulation pool itself, opened with each packet's nonce and AAD worked
+        // out beforehand (the engine reads them from the packet).
+        let params = open_params(&pool);
+        bench_raw_open(&mut g, "ring_open", &key, &params, &pool, ct.clone());
+        bench_raw_open(&mut g, "ipsec_mb_open", &mb_key, &params, &pool, ct.clone());
 
         let mut headend: Engine = Engine::with_sas(EngineConfig::default(), headend_sas(4)).unwrap();
         bench_encap(&mut g, "encap", &mut headend, &reply);
@@ -192,23 +70,27 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// Time `op` over each buffer of a burst refilled from `frames` (untimed); `op` gets the
-/// buffer, the iteration and the index in the burst.
+/// Time `op` over each buffer of a burst refilled (untimed) from `frames`, burst after
+/// burst of it (`frames.len() / BURST` bursts); `op` gets the buffer, the iteration and
+/// the index of its frame in `frames`.
 fn bench_raw(
     g: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
     frames: &[Vec<u8>],
     mut op: impl FnMut(&mut [u8], u64, usize),
 ) {
+    let bursts = (frames.len() / BURST).max(1);
     g.bench_function(name, |b| {
         let mut bufs = buffers();
         b.iter_custom(|iters| {
             let mut t = Duration::ZERO;
             for it in 0..iters {
-                refill(&mut bufs, frames);
+                let k = it as usize % bursts;
+                let burst = frames.get(k * BURST..(k + 1) * BURST).unwrap_or(frames);
+                refill(&mut bufs, burst);
                 let start = Instant::now();
                 for (i, buf) in bufs.iter_mut().enumerate() {
-                    op(buf.raw_mut(), it, i);
+                    op(buf.raw_mut(), it, k * BURST + i);
                 }
                 t += start.elapsed();
             }
@@ -233,19 +115,20 @@ fn bench_raw_seal<K: AeadKey>(
     });
 }
 
-/// A raw AEAD open of `sealed` (made by ring with the same key), tag after `ct`.
+/// A raw AEAD open of the packets of `sealed` (ESP made with the same key), each with
+/// its `params`, tag after `ct`.
 fn bench_raw_open<K: AeadKey>(
     g: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
     key: &K,
-    salt: &[u8; 4],
+    params: &[OpenParams],
     sealed: &[Vec<u8>],
     ct: core::ops::Range<usize>,
 ) {
-    bench_raw(g, name, sealed, |raw, _, i| {
-        let aad = [0, 0, 0x20, 0x01, 0, 0, 0, i as u8];
+    bench_raw(g, name, sealed, |raw, _, j| {
+        let (n, aad) = &params[j];
         let icv: [u8; 16] = raw[ct.end..ct.end + 16].try_into().unwrap();
-        key.open(&nonce(salt, &(i as u64).to_be_bytes()), &aad, &mut raw[ct.clone()], &icv).unwrap();
+        key.open(n, aad, &mut raw[ct.clone()], &icv).unwrap();
     });
 }
 

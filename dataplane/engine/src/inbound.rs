@@ -5,7 +5,7 @@
 //! checks, NAT mapping, lifetimes) and rewrite the frame around the inner packet.
 
 use crate::buf::{Frame, RxChecksum};
-use crate::crypto::{AeadKey, Backend, nonce};
+use crate::crypto::{AeadInputs, AeadKey, Backend, Icv};
 use crate::engine::{Engine, MAX_BURST, account};
 use crate::event::{Event, EventKind, Host};
 use crate::reason::{DropReason, PuntReason};
@@ -92,6 +92,10 @@ pub(crate) struct Meta {
     /// the high half inferred (stage 2).
     seq: u64,
     slot: u32,
+    /// The IV (stage 1), then the nonce and AAD of the crypto laid out from it in stage
+    /// 2 (see `AeadInputs`).
+    iv: [u8; 8],
+    aead: AeadInputs,
 }
 
 pub(crate) const EMPTY: Meta = Meta {
@@ -114,6 +118,8 @@ pub(crate) const EMPTY: Meta = Meta {
     spi: 0,
     seq: 0,
     slot: u32::MAX,
+    iv: [0; 8],
+    aead: AeadInputs::EMPTY,
 };
 
 const NO_SLOT: u32 = u32::MAX;
@@ -192,14 +198,29 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
         }
 
-        // Stage 3: verify and decrypt in place (the store, if it looks ahead, loading each
-        // packet's key a few packets before).
-        let ahead = self.sas.looks_ahead();
-        for i in 0..n {
-            if ahead {
-                if let Some(next) = meta.get(i + CRYPTO_AHEAD) {
-                    self.prepare_open(next);
+        if !self.sas.looks_ahead() {
+            // Stages 3 and 4 packet by packet: with no look-ahead every SA's state is in
+            // the caches, and a packet's first and last lines still are right after its
+            // crypto (a burst of 1,420-byte packets is more than L1 holds).
+            for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
+                if m.live {
+                    let v = if self.open(pkt, m) {
+                        self.finish(pkt, m, events)
+                    } else {
+                        InVerdict::Drop(DropReason::AuthFailed)
+                    };
+                    self.settle_in(res, m, v);
                 }
+            }
+            self.in_meta = Some(scratch);
+            return;
+        }
+
+        // Stage 3: verify and decrypt in place, the store loading each packet's key a few
+        // packets before.
+        for i in 0..n {
+            if let Some(next) = meta.get(i + CRYPTO_AHEAD) {
+                self.prepare_open(next);
             }
             let (pkt, m, res) = (&mut pkts[i], &mut meta[i], &mut results[i]);
             if m.live && !self.open(pkt, m) {
@@ -310,7 +331,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         const L4: usize = L3 + ipv4::HEADER_LEN;
         const ESP: usize = L4 + udp::HEADER_LEN;
         let d = pkt.data();
-        let Some(h) = d.first_chunk::<{ ESP + esp::HEADER_LEN }>() else { return false };
+        let Some(h) = d.first_chunk::<{ ESP + esp::PREFIX_LEN }>() else { return false };
         let Some(ip) = ipv4::basic_in_frame(d, pkt.ip_checksum()) else { return false };
         let (sport, dport, ulen) = (be16(h, L4), be16(h, L4 + 2), usize::from(be16(h, L4 + 4)));
         let spi = be32(h, ESP);
@@ -332,6 +353,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         m.dport = dport;
         m.spi = spi;
         m.seq = u64::from(be32(h, ESP + 4));
+        m.iv = *h[ESP + 8..].first_chunk().unwrap_or(&[0; 8]);
         m.encap = true;
         m.esp = ESP;
         m.end = L4 + ulen;
@@ -383,6 +405,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                             res.spi = Some(spi);
                             m.spi = spi;
                             m.seq = u64::from(be32(d, l4 + udp::HEADER_LEN + 4));
+                            m.iv = iv_at(d, l4 + udp::HEADER_LEN);
                             m.encap = true;
                             m.esp = l4 + udp::HEADER_LEN;
                             m.end = l4 + u.len();
@@ -401,6 +424,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                     res.spi = Some(spi);
                     m.spi = spi;
                     m.seq = u64::from(be32(d, l4 + 4));
+                    m.iv = iv_at(d, l4);
                     m.encap = false;
                     m.esp = l4;
                     m.end = end;
@@ -527,7 +551,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     // ---- stage 2 ----
 
-    /// Find the SA (`m.slot`) and check everything that needs no crypto.
+    /// Find the SA (`m.slot`), check everything that needs no crypto, and lay out the
+    /// crypto's nonce and AAD.
     #[inline]
     fn lookup(&mut self, m: &mut Meta, last: &mut (u32, u32)) -> Result<(), DropReason> {
         m.slot = if m.spi == last.0 {
@@ -559,6 +584,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let seq = sa.replay.full_seq(m.seq as u32).ok_or(DropReason::ReplayStale)?;
         sa.replay.check(seq).map_err(replay_drop)?;
         m.seq = seq;
+        m.aead = AeadInputs::new(&sa.salt, &m.iv, m.spi, seq, sa.esn);
         Ok(())
     }
 
@@ -582,32 +608,25 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let h = pkt.head();
         let raw = pkt.raw_mut();
         let (esp, end) = (h + m.esp, h + m.end);
-        let mut iv = [0u8; 8];
-        iv.copy_from_slice(&raw[esp + 8..esp + 16]);
+        let n = &m.aead.nonce;
+        if !sa.gmac {
+            // The ciphertext and, right after it, the ICV: read where it lies.
+            let Some(body) = raw.get_mut(esp + PREFIX_LEN..end) else { return false };
+            let (data, icv) = body.split_at_mut(body.len().saturating_sub(ICV_LEN));
+            let Ok(icv) = <&Icv>::try_from(&*icv) else { return false };
+            return sa.key.open(n, m.aead.aad(), data, icv).is_ok();
+        }
         let mut icv = [0u8; ICV_LEN];
         icv.copy_from_slice(&raw[end - ICV_LEN..end]);
-        let n = nonce(&sa.salt, &iv);
         let seq_hi = ((m.seq >> 32) as u32).to_be_bytes();
-        let ok = if !sa.gmac {
-            let mut aad = [0u8; 12];
-            aad[..4].copy_from_slice(&m.spi.to_be_bytes());
-            let alen = if sa.esn {
-                aad[4..8].copy_from_slice(&seq_hi);
-                aad[8..12].copy_from_slice(&(m.seq as u32).to_be_bytes());
-                12
-            } else {
-                aad[4..8].copy_from_slice(&(m.seq as u32).to_be_bytes());
-                8
-            };
-            sa.key.open(&n, &aad[..alen], &mut raw[esp + PREFIX_LEN..end - ICV_LEN], &icv)
-        } else if sa.esn {
+        let ok = if sa.esn {
             // GMAC authenticates SPI || seq_hi || seq_lo || IV || payload as one AAD:
             // lay it out in place over the 4 bytes before ESP (already parsed).
             raw[esp - 4..esp].copy_from_slice(&m.spi.to_be_bytes());
             raw[esp..esp + 4].copy_from_slice(&seq_hi);
-            sa.key.open(&n, &raw[esp - 4..end - ICV_LEN], &mut [], &icv)
+            sa.key.open(n, &raw[esp - 4..end - ICV_LEN], &mut [], &icv)
         } else {
-            sa.key.open(&n, &raw[esp..end - ICV_LEN], &mut [], &icv)
+            sa.key.open(n, &raw[esp..end - ICV_LEN], &mut [], &icv)
         };
         ok.is_ok()
     }
@@ -689,7 +708,8 @@ where
                 proto::IPV4 => {
                     let r = ipv4::check(inner, RxChecksum::Unknown).map_err(|_| DropReason::InnerMalformed)?;
                     let ecn = r.tos & 3;
-                    let new_ecn = inner_checks(sa, m, IpAddr::V4(r.src), IpAddr::V4(r.dst), ecn)?;
+                    let inside = sa.sel_peer.contains_v4(r.src.to_bits()) && sa.sel_local.contains_v4(r.dst.to_bits());
+                    let new_ecn = inner_checks(inside, m, ecn)?;
                     if new_ecn != ecn {
                         ipv4::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
                     }
@@ -698,7 +718,9 @@ where
                 proto::IPV6 => {
                     let ip = ipv6::Packet::new_checked(&inner[..]).map_err(|_| DropReason::InnerMalformed)?;
                     let (len, ecn) = (ip.total_len(), ip.traffic_class() & 3);
-                    let new_ecn = inner_checks(sa, m, IpAddr::V6(ip.src()), IpAddr::V6(ip.dst()), ecn)?;
+                    let inside =
+                        sa.sel_peer.contains_v6(ip.src().to_bits()) && sa.sel_local.contains_v6(ip.dst().to_bits());
+                    let new_ecn = inner_checks(inside, m, ecn)?;
                     if new_ecn != ecn {
                         ipv6::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
                     }
@@ -754,6 +776,12 @@ where
     }
 }
 
+/// The 8 bytes of IV after the ESP header at `esp`, or zeros where the frame ends first
+/// (such a packet is too short, and is dropped before any crypto).
+fn iv_at(d: &[u8], esp: usize) -> [u8; 8] {
+    d.get(esp + esp::HEADER_LEN..).and_then(|r| r.first_chunk()).copied().unwrap_or([0; 8])
+}
+
 /// Keep what the later stages need of an outer IPv4 header.
 #[inline(always)]
 fn note_v4(m: &mut Meta, r: &ipv4::HeaderRepr) {
@@ -767,11 +795,11 @@ fn note_v4(m: &mut Meta, r: &ipv4::HeaderRepr) {
 }
 
 /// The tunnel-mode checks of an inner packet: its addresses within the SA's selectors
-/// (source the peer's, destination ours), and its ECN field against the outer one.
-/// Returns the ECN field to deliver.
+/// (`inside`: source the peer's, destination ours), and its ECN field against the outer
+/// one. Returns the ECN field to deliver.
 #[inline(always)]
-fn inner_checks<K>(sa: &SaRuntime<K>, m: &Meta, src: IpAddr, dst: IpAddr, ecn: u8) -> Result<u8, DropReason> {
-    if !sa.sel_peer.contains(&src) || !sa.sel_local.contains(&dst) {
+fn inner_checks(inside: bool, m: &Meta, ecn: u8) -> Result<u8, DropReason> {
+    if !inside {
         return Err(DropReason::SelectorMismatch);
     }
     // RFC 6040 §4.2 decapsulation: CE propagates, CE over Not-ECT drops, outer ECT(1)

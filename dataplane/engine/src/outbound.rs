@@ -5,7 +5,7 @@
 //! then write the outer UDP/IP/Ethernet headers in the headroom.
 
 use crate::buf::{Frame, RxChecksum};
-use crate::crypto::{AeadKey, Backend, nonce};
+use crate::crypto::{AeadInputs, AeadKey, Backend};
 use crate::engine::{Engine, MAX_BURST, account, expire};
 use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
 use crate::reason::{DropReason, PuntReason};
@@ -104,6 +104,8 @@ pub(crate) struct Meta {
     /// Inner addresses.
     src: IpAddr,
     dst: IpAddr,
+    /// The nonce and AAD of the crypto, laid out in stage 3 (see `AeadInputs`).
+    aead: AeadInputs,
 }
 
 pub(crate) const EMPTY: Meta = Meta {
@@ -127,6 +129,7 @@ pub(crate) const EMPTY: Meta = Meta {
     seq: 0,
     src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    aead: AeadInputs::EMPTY,
 };
 
 const NO_SLOT: u32 = u32::MAX;
@@ -216,17 +219,31 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
         }
 
-        // Stage 4: ESP header, trailer, inner TTL; seal in place (the store, if it looks
-        // ahead, loading each packet's key a few packets before).
-        let ahead = self.sas.looks_ahead();
-        for (i, (pkt, m)) in pkts.iter_mut().zip(meta.iter()).enumerate() {
-            if ahead {
-                if let Some(next) = meta.get(i + CRYPTO_AHEAD) {
-                    self.prepare_seal(next);
+        if !self.sas.looks_ahead() {
+            // Stages 4 and 5 packet by packet: with no look-ahead every SA's state is in
+            // the caches, and a packet's first lines still are right after its crypto.
+            for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
+                if m.live {
+                    self.seal_and_write(pkt, m, res);
                 }
             }
+            self.out_meta = Some(scratch);
+            return;
+        }
+
+        // Stage 4: ESP header, trailer, inner TTL; seal in place, the store loading each
+        // packet's key a few packets before.
+        for i in 0..n {
+            if let Some(next) = meta.get(i + CRYPTO_AHEAD) {
+                self.prepare_seal(next);
+            }
+            let (pkt, m, res) = (&mut pkts[i], &mut meta[i], &mut results[i]);
             if m.live {
-                self.seal(pkt, m);
+                if let Err(r) = self.seal(pkt, m) {
+                    // Not reached: `plan` made room. Never send what was not sealed.
+                    m.live = false;
+                    self.settle_out(res, m, OutVerdict::Drop(r));
+                }
             }
         }
 
@@ -238,6 +255,21 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
         }
         self.out_meta = Some(scratch);
+    }
+
+    /// Stages 4 and 5 for one packet.
+    #[inline(always)]
+    fn seal_and_write<F: Frame>(&mut self, pkt: &mut F, m: &mut Meta, res: &mut OutResult) {
+        match self.seal(pkt, m) {
+            Ok(()) => {
+                res.tx_checksum = self.write_outer(pkt, m);
+                self.settle_out(res, m, OutVerdict::Encapsulated);
+            }
+            Err(r) => {
+                m.live = false;
+                self.settle_out(res, m, OutVerdict::Drop(r));
+            }
+        }
     }
 
     fn settle_out(&mut self, res: &mut OutResult, m: &Meta, v: OutVerdict) {
@@ -336,7 +368,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             m.plen = m.ip_len - m.hl;
             m.outer_v6 = m.v6;
         }
-        m.pad = esp::pad_len_to(m.plen, usize::from(sa.pad_to));
+        m.pad = esp::pad_len_masked(m.plen, usize::from(sa.pad_mask));
         let udp_len = if sa.encap.is_some() { udp::HEADER_LEN } else { 0 };
         let outer_hl = if tunnel { if m.outer_v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN } } else { m.hl };
         m.esp_at = m.pstart as isize - PREFIX_LEN as isize;
@@ -369,6 +401,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
         sa.seq = seq;
         m.seq = sa.seq;
+        m.aead = AeadInputs::new(&sa.salt, &seq.to_be_bytes(), sa.spi, seq, sa.esn);
         res.seq = sa.seq;
         res.dest = Some(sa.endpoint);
         let bytes = m.plen as u64;
@@ -388,11 +421,11 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
     }
 
-    fn seal<F>(&self, pkt: &mut F, m: &Meta)
+    fn seal<F>(&self, pkt: &mut F, m: &Meta) -> Result<(), DropReason>
     where
         F: Frame,
     {
-        let Some(e) = self.sas.entry(m.slot) else { return };
+        let e = self.sas.entry(m.slot).ok_or(DropReason::NoOutboundSa)?;
         let sa = &e.rt;
         let h = pkt.head();
         let raw = pkt.raw_mut();
@@ -426,35 +459,28 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let seq_lo = (m.seq as u32).to_be_bytes();
         let seq_hi = ((m.seq >> 32) as u32).to_be_bytes();
         let spi = sa.spi.to_be_bytes();
-        let n = nonce(&sa.salt, &iv);
-        raw[esp_at + 4..esp_at + 8].copy_from_slice(&seq_lo);
-        raw[esp_at + 8..esp_at + 16].copy_from_slice(&iv);
+        let n = &m.aead.nonce;
+        // The ESP header and IV: SPI, sequence number (low half), the full number as IV.
+        let hdr =
+            raw.get_mut(esp_at..).and_then(|r| r.first_chunk_mut::<PREFIX_LEN>()).ok_or(DropReason::NoHeadroom)?;
+        hdr[..4].copy_from_slice(&spi);
+        hdr[4..8].copy_from_slice(&seq_lo);
+        hdr[8..].copy_from_slice(&iv);
         let icv = if !sa.gmac {
-            raw[esp_at..esp_at + 4].copy_from_slice(&spi);
-            let mut aad = [0u8; 12];
-            aad[..4].copy_from_slice(&spi);
-            let alen = if sa.esn {
-                aad[4..8].copy_from_slice(&seq_hi);
-                aad[8..12].copy_from_slice(&seq_lo);
-                12
-            } else {
-                aad[4..8].copy_from_slice(&seq_lo);
-                8
-            };
-            sa.key.seal(&n, &aad[..alen], &mut raw[esp_at + PREFIX_LEN..cend])
+            sa.key.seal(n, m.aead.aad(), &mut raw[esp_at + PREFIX_LEN..cend])
         } else if sa.esn {
             // SPI || seq_hi || seq_lo || IV || payload as one AAD, laid out in place over
             // the 4 bytes before ESP (the outer headers are written afterwards).
             raw[esp_at - 4..esp_at].copy_from_slice(&spi);
             raw[esp_at..esp_at + 4].copy_from_slice(&seq_hi);
-            let icv = sa.key.seal(&n, &raw[esp_at - 4..cend], &mut []);
+            let icv = sa.key.seal(n, &raw[esp_at - 4..cend], &mut []);
             raw[esp_at..esp_at + 4].copy_from_slice(&spi);
             icv
         } else {
-            raw[esp_at..esp_at + 4].copy_from_slice(&spi);
-            sa.key.seal(&n, &raw[esp_at..cend], &mut [])
+            sa.key.seal(n, &raw[esp_at..cend], &mut [])
         };
-        raw[cend..cend + ICV_LEN].copy_from_slice(&icv);
+        *raw.get_mut(cend..).and_then(|r| r.first_chunk_mut::<ICV_LEN>()).ok_or(DropReason::NoTailroom)? = icv;
+        Ok(())
     }
 
     // ---- stage 5 ----

@@ -709,21 +709,19 @@ impl natt_engine::sa::SaStore<natt_engine::crypto::RingKey> for Looking {
     }
 }
 
+/// An engine (on `ring`) whose store looks ahead, with `params`.
+fn looking(params: Vec<natt_engine::SaParams>) -> natt_engine::Engine<natt_engine::crypto::Ring, Looking> {
+    let mut table = natt_engine::sa::SaTable::new();
+    for p in params {
+        table.insert::<natt_engine::crypto::Ring>(p).unwrap();
+    }
+    natt_engine::Engine::with_store(EngineConfig::default(), Looking { table, crypto: Default::default() }, &[])
+}
+
 #[test]
 fn the_store_is_asked_for_each_key_a_few_packets_ahead_of_its_crypto() {
-    use natt_engine::sa::{CRYPTO_AHEAD, SaTable};
+    use natt_engine::sa::CRYPTO_AHEAD;
     let s = Setup::default();
-    let looking = |params: Vec<natt_engine::SaParams>| {
-        let mut table = SaTable::new();
-        for p in params {
-            table.insert::<natt_engine::crypto::Ring>(p).unwrap();
-        }
-        natt_engine::Engine::<natt_engine::crypto::Ring, Looking>::with_store(
-            EngineConfig::default(),
-            Looking { table, crypto: Default::default() },
-            &[],
-        )
-    };
     let mut client = looking(parse(s.client_json()));
     let mut headend = looking(parse(s.headend_json()));
     // Inner packets of 40 to 79 bytes; the fifth is not IP and is punted before any SA.
@@ -760,4 +758,97 @@ fn the_store_is_asked_for_each_key_a_few_packets_ahead_of_its_crypto() {
     for (p, f) in pkts.iter().zip(&frames).filter(|(_, f)| f[12] == 0x08 && f[13] == 0x00) {
         assert_eq!(decap(&mut plain, p.data(), 0).1, ttl_minus_one(f));
     }
+}
+
+/// What a burst of `frames` became through `f` (encap_burst or decap_burst): the frames,
+/// the results and the events.
+fn run_burst<R: Clone + Default>(
+    frames: &[Vec<u8>],
+    f: impl FnOnce(&mut [PktBuf<Vec<u8>>], &mut [R], &mut Vec<natt_engine::Event>),
+) -> (Vec<Vec<u8>>, Vec<R>, Vec<natt_engine::Event>) {
+    let mut pkts: Vec<_> = frames.iter().map(|f| PktBuf::from_frame(f, HEADROOM, TAILROOM)).collect();
+    let mut res = vec![R::default(); pkts.len()];
+    let mut ev = Vec::new();
+    f(&mut pkts, &mut res, &mut ev);
+    (pkts.iter().map(|p| p.data().to_vec()).collect(), res, ev)
+}
+
+#[test]
+fn staged_and_packet_by_packet_crypto_agree() {
+    // Without look-ahead the engine opens (seals) and finishes each packet in one go;
+    // with it, it opens (seals) the whole burst, then finishes it. Same bursts, mixed
+    // with everything that can go wrong, through both: the same bytes, verdicts,
+    // events and counters.
+    let s = Setup::default();
+    // Outbound: sizes across the padding cases, a frame that is not IP, an inner TTL of
+    // 1, a destination no SA covers, a source outside the selectors.
+    let mut frames: Vec<Vec<u8>> = inner_frames(false).into_iter().chain(inner_frames(true)).collect();
+    frames.insert(3, eth(0x0806, &[0; 28]));
+    frames.insert(5, ip_udp_frame(CLIENT_IN4, SERVER4, 1, 2, &[9; 30], 1));
+    frames.insert(7, ip_udp_frame(CLIENT_IN4, "192.0.2.9", 1, 2, &[9; 30], 64));
+    frames.insert(9, ip_udp_frame("10.9.9.9", SERVER4, 1, 2, &[9; 30], 64));
+    let (mut plain_client, mut staged_client) = (s.client(), looking(parse(s.client_json())));
+    let a = run_burst(&frames, |p, r, ev| plain_client.encap_burst(p, r, ev));
+    let b = run_burst(&frames, |p, r, ev| staged_client.encap_burst(p, r, ev));
+    assert_eq!(a, b);
+    assert_eq!(plain_client.counters(), staged_client.counters());
+    let encapsulated = a.1.iter().filter(|r| r.verdict == OutVerdict::Encapsulated).count();
+    assert_eq!(encapsulated, frames.len() - 4, "{:?}", a.1);
+
+    // Inbound: the client's packets with a duplicate, a forged tag, a NAT move, an old
+    // number replayed after the window moved on, and a frame for the host.
+    let esp: Vec<Vec<u8>> =
+        a.0.iter().zip(&a.1).filter(|(_, r)| r.verdict == OutVerdict::Encapsulated).map(|(f, _)| f.clone()).collect();
+    let mut forged = esp[4].clone();
+    let n = forged.len();
+    forged[n - 3] ^= 1;
+    let burst = vec![
+        esp[1].clone(),
+        esp[0].clone(),
+        esp[1].clone(),
+        forged,
+        nat4(&esp[2], "198.51.100.99", 3333),
+        esp[3].clone(),
+        eth(0x0806, &[0; 28]),
+        esp[5].clone(),
+        esp[4].clone(),
+        esp[7].clone(),
+        esp[6].clone(),
+        esp[2].clone(),
+    ];
+    let (mut plain, mut staged) = (s.headend(), looking(parse(s.headend_json())));
+    let a = run_burst(&burst, |p, r, ev| plain.decap_burst(p, 0, r, ev));
+    let b = run_burst(&burst, |p, r, ev| staged.decap_burst(p, 0, r, ev));
+    assert_eq!(a, b);
+    assert_eq!(plain.counters(), staged.counters());
+    let v: Vec<_> = a.1.iter().map(|r| r.verdict).collect();
+    let dup = InVerdict::Drop(DropReason::ReplayDuplicate);
+    use InVerdict::Tunnel;
+    assert_eq!(
+        v,
+        [
+            Tunnel,
+            Tunnel,
+            dup,
+            InVerdict::Drop(DropReason::AuthFailed),
+            Tunnel,
+            Tunnel,
+            InVerdict::Punt(natt_engine::PuntReason::Host),
+            Tunnel,
+            Tunnel,
+            Tunnel,
+            Tunnel,
+            dup,
+        ]
+    );
+    // The client's packets come from its own address, not the configured NAT's: the
+    // first moves the mapping there; then the NAT move and back.
+    let moves: Vec<_> =
+        a.2.iter()
+            .filter_map(|e| match e.kind {
+                EventKind::NatMappingChanged { new, .. } => Some(new.addr.to_string()),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(moves, [OUTER4.client, "198.51.100.99", OUTER4.client]);
 }

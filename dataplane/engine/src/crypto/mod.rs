@@ -74,3 +74,55 @@ pub fn nonce(salt: &[u8; 4], iv: &[u8; 8]) -> Nonce {
     n[4..].copy_from_slice(iv);
     n
 }
+
+/// The nonce and AAD of one ESP packet's AEAD call: salt ‖ IV (RFC 4106 §4), and SPI ‖
+/// sequence number, or SPI ‖ high half ‖ low half with ESN (§5). The engine lays them
+/// out a stage before the crypto: the libraries read them with wide loads
+/// (intel-ipsec-mb's are masked) that cannot take their data from stores still on their
+/// way to L1, and wait for them; laid out a stage before, they are there (measured:
+/// intel-ipsec-mb opened a 64-byte packet in 48 ns with its nonce and AAD written just
+/// before the call, in 33 with them written earlier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AeadInputs {
+    pub nonce: Nonce,
+    aad: [u8; 12],
+    aad_len: u8,
+}
+
+impl AeadInputs {
+    pub const EMPTY: AeadInputs = AeadInputs { nonce: [0; 12], aad: [0; 12], aad_len: 0 };
+
+    #[inline(always)]
+    pub fn new(salt: &[u8; 4], iv: &[u8; 8], spi: u32, seq: u64, esn: bool) -> Self {
+        // Without ESN the AAD is SPI ‖ low half: the first 8 of the same 12 bytes, with
+        // the low half where the high half would be.
+        let lo = seq as u32;
+        let mid = if esn { (seq >> 32) as u32 } else { lo };
+        let mut aad = [0u8; 12];
+        aad[..8].copy_from_slice(&(u64::from(spi) << 32 | u64::from(mid)).to_be_bytes());
+        aad[8..].copy_from_slice(&lo.to_be_bytes());
+        AeadInputs { nonce: nonce(salt, iv), aad, aad_len: 8 + 4 * u8::from(esn) }
+    }
+
+    #[inline]
+    pub fn aad(&self) -> &[u8] {
+        &self.aad[..usize::from(self.aad_len).min(12)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aead_inputs_are_rfc_4106s() {
+        let (salt, iv) = ([0xca, 0xfe, 0xba, 0xbe], [1, 2, 3, 4, 5, 6, 7, 8]);
+        let seq = 0x0000_0001_8000_0002u64;
+        let x = AeadInputs::new(&salt, &iv, 0x4321, seq, false);
+        assert_eq!(x.nonce, [0xca, 0xfe, 0xba, 0xbe, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(x.aad(), [0, 0, 0x43, 0x21, 0x80, 0, 0, 2]);
+        let x = AeadInputs::new(&salt, &iv, 0x4321, seq, true);
+        assert_eq!(x.aad(), [0, 0, 0x43, 0x21, 0, 0, 0, 1, 0x80, 0, 0, 2]);
+        assert_eq!(AeadInputs::EMPTY.aad(), [0u8; 0]);
+    }
+}

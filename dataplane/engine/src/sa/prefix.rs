@@ -161,18 +161,24 @@ impl SelectorSet {
     #[inline]
     pub fn contains(&self, a: &IpAddr) -> bool {
         match a {
-            // The inline entries first, without chaining iterators: most sets end there.
-            IpAddr::V4(a) => {
-                let a = a.to_bits();
-                let hit = |&(p, m): &(u32, u32)| a & m == p;
-                self.v4[..usize::from(self.n4).min(2)].iter().any(hit) || self.more4.iter().any(hit)
-            }
-            IpAddr::V6(a) => {
-                let a = a.to_bits();
-                let hit = |&(p, m): &(u128, u128)| a & m == p;
-                self.v6[..usize::from(self.n6).min(1)].iter().any(hit) || self.more6.iter().any(hit)
-            }
+            IpAddr::V4(a) => self.contains_v4(a.to_bits()),
+            IpAddr::V6(a) => self.contains_v6(a.to_bits()),
         }
+    }
+
+    /// `contains` for an IPv4 address as a number (`Ipv4Addr::to_bits`).
+    #[inline(always)]
+    pub fn contains_v4(&self, a: u32) -> bool {
+        // The inline entries first, without chaining iterators: most sets end there.
+        let hit = |&(p, m): &(u32, u32)| a & m == p;
+        self.v4[..usize::from(self.n4).min(2)].iter().any(hit) || self.more4.iter().any(hit)
+    }
+
+    /// `contains` for an IPv6 address as a number (`Ipv6Addr::to_bits`).
+    #[inline(always)]
+    pub fn contains_v6(&self, a: u128) -> bool {
+        let hit = |&(p, m): &(u128, u128)| a & m == p;
+        self.v6[..usize::from(self.n6).min(1)].iter().any(hit) || self.more6.iter().any(hit)
     }
 }
 

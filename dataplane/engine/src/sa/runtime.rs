@@ -72,7 +72,8 @@ pub struct SaRuntime<K> {
     pub soft_fired: bool,
     pub nat_update: bool,
     pub ttl: u8,
-    pub pad_to: u8,
+    /// `pad_to` less one (`pad_to` is a power of two): padding is a mask, per packet.
+    pub pad_mask: u8,
     pub df: DfPolicy,
     pub encap: Option<Encap>,
     pub local: IpAddr,
@@ -132,7 +133,7 @@ impl<K: AeadKey> SaRuntime<K> {
             soft_fired: false,
             nat_update: p.nat_update,
             ttl: p.ttl,
-            pad_to: p.pad_to,
+            pad_mask: (usize::from(p.pad_to).next_power_of_two() - 1) as u8,
             df: p.df,
             encap: p.encap,
             local: p.local,

@@ -46,13 +46,17 @@ pub fn sum20(h: &[u8; 20]) -> u64 {
     w(0) + w(4) + w(8) + w(12) + w(16)
 }
 
-/// Whether a 20-byte header's checksum verifies. The words are summed as they lie in
-/// memory, without byte swaps: a ones'-complement sum in the other byte order is the
-/// byte-swapped sum (RFC 1071 §2(B)), and 0xffff swapped is itself.
+/// Whether a 20-byte header's checksum verifies, i.e. its ones'-complement sum folds to
+/// 0xffff. Without folding: 2^16 ≡ 1 (mod 0xffff), so any sum of the header's 16-bit
+/// or 32-bit words is congruent to the folded sum, which is 0xffff exactly when the
+/// plain sum is a nonzero multiple of 0xffff (a multiply and a shift, not four folds).
+/// The words are summed as they lie in memory, without byte swaps: swapping a value's
+/// bytes multiplies it by 2^8 modulo 0xffff (RFC 1071 §2(B)), which keeps it a multiple.
 #[inline]
 pub fn verify20(h: &[u8; 20]) -> bool {
     let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
+    let s = w(0) + w(4) + w(8) + w(12) + w(16);
+    s != 0 && s % 0xffff == 0
 }
 
 /// The checksum field value for `data`: the inverted folded sum.
@@ -149,6 +153,10 @@ mod tests {
             let c = checksum(&h).wrapping_add(u16::from(i % 3 == 0));
             h[10..12].copy_from_slice(&c.to_be_bytes());
             assert_eq!(verify20(&h), checksum(&h) == 0, "{}", hex::encode(h));
+        }
+        // The ends of the range: a sum of zero is not 0xffff folded; all ones is.
+        for (h, ok) in [([0u8; 20], false), ([0xff; 20], true)] {
+            assert_eq!((verify20(&h), checksum(&h) == 0), (ok, ok));
         }
     }
 

@@ -166,13 +166,19 @@ pub const fn pad_len_for(payload_len: usize) -> usize {
 /// Padding that makes payload and trailer a multiple of `align` bytes (a power of two
 /// from 4 to 16; RFC 4303 §2.4 allows more padding than alignment needs).
 pub const fn pad_len_to(payload_len: usize, align: usize) -> usize {
-    // A power of two: a mask, not a division (this runs per packet).
-    let mask = align.next_power_of_two() - 1;
-    (mask + 1 - ((payload_len + TRAILER_LEN) & mask)) & mask
+    pad_len_masked(payload_len, align.next_power_of_two() - 1)
+}
+
+/// `pad_len_to` with the alignment given as its mask (`align - 1`): a negation and an
+/// AND, for the per-packet path.
+#[inline]
+pub const fn pad_len_masked(payload_len: usize, mask: usize) -> usize {
+    (payload_len + TRAILER_LEN).wrapping_neg() & mask
 }
 
 /// Write padding 1, 2, … `pad_len`, the pad length and the next header into `dst`,
 /// which must be `pad_len + 2` bytes long.
+#[inline]
 pub fn write_trailer(dst: &mut [u8], pad_len: usize, next_header: u8) {
     // Aligning to 4 bytes pads by at most 3: those without a loop.
     match dst {
