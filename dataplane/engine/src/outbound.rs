@@ -248,10 +248,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
 
         // Stage 5: outer headers.
-        for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter()).zip(results.iter_mut()) {
+        for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
             if m.live {
-                res.tx_checksum = self.write_outer(pkt, m);
-                self.settle_out(res, m, OutVerdict::Encapsulated);
+                self.finish_out(pkt, m, res);
             }
         }
         self.out_meta = Some(scratch);
@@ -261,11 +260,24 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     #[inline(always)]
     fn seal_and_write<F: Frame>(&mut self, pkt: &mut F, m: &mut Meta, res: &mut OutResult) {
         match self.seal(pkt, m) {
-            Ok(()) => {
-                res.tx_checksum = self.write_outer(pkt, m);
+            Ok(()) => self.finish_out(pkt, m, res),
+            Err(r) => {
+                m.live = false;
+                self.settle_out(res, m, OutVerdict::Drop(r));
+            }
+        }
+    }
+
+    /// Stage 5 for one packet, and its verdict.
+    #[inline(always)]
+    fn finish_out<F: Frame>(&mut self, pkt: &mut F, m: &mut Meta, res: &mut OutResult) {
+        match self.write_outer(pkt, m) {
+            Ok(tx) => {
+                res.tx_checksum = tx;
                 self.settle_out(res, m, OutVerdict::Encapsulated);
             }
             Err(r) => {
+                // Not reached: `plan` made room. Never send a frame left half built.
                 m.live = false;
                 self.settle_out(res, m, OutVerdict::Drop(r));
             }
@@ -486,20 +498,20 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     // ---- stage 5 ----
 
     /// Returns the checksums left for the NIC.
-    fn write_outer<F>(&mut self, pkt: &mut F, m: &Meta) -> TxChecksum
+    fn write_outer<F>(&mut self, pkt: &mut F, m: &Meta) -> Result<TxChecksum, DropReason>
     where
         F: Frame,
     {
         let ident = self.next_ident();
         let offload = self.cfg.tx_checksum;
-        let Some(e) = self.sas.entry(m.slot) else { return TxChecksum::NONE };
+        let e = self.sas.entry(m.slot).ok_or(DropReason::NoOutboundSa)?;
         let sa = &e.rt;
         let h = pkt.head();
         let l2 = (h as isize + m.l2_at) as usize;
         let end = h + m.pstart + m.plen + m.pad + TRAILER_LEN + ICV_LEN;
         // The new frame, one bounds check; below, offsets are from its start: Ethernet,
         // then the outer IP header at 14, UDP (if any) right before ESP.
-        let Some(f) = pkt.raw_mut().get_mut(l2..end) else { return TxChecksum::NONE };
+        let f = pkt.raw_mut().get_mut(l2..end).ok_or(DropReason::NoHeadroom)?;
         let ip = ethernet::HEADER_LEN;
         let esp_at = (m.esp_at - m.l2_at) as usize;
         let l3_end = if sa.encap.is_some() { esp_at - udp::HEADER_LEN } else { esp_at };
@@ -529,12 +541,12 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                 eth[12..].copy_from_slice(&ethertype::IPV4.to_be_bytes());
             }
             pkt.set_range(l2, end - l2);
-            return TxChecksum {
+            return Ok(TxChecksum {
                 ipv4_header: offload.ipv4_header,
                 l2_len: ethernet::HEADER_LEN as u8,
                 l3_len: ipv4::HEADER_LEN as u8,
                 ..TxChecksum::NONE
-            };
+            });
         }
         let ip_proto = if sa.encap.is_some() { proto::UDP } else { proto::ESP };
         let peer = sa.endpoint.addr;
@@ -624,7 +636,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             eth[12..].copy_from_slice(&et.to_be_bytes());
         }
         pkt.set_range(l2, end - l2);
-        tx
+        Ok(tx)
     }
 }
 
