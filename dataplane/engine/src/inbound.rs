@@ -353,7 +353,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         m.dport = dport;
         m.spi = spi;
         m.seq = u64::from(be32(h, ESP + 4));
-        m.iv = *h[ESP + 8..].first_chunk().unwrap_or(&[0; 8]);
+        m.iv = iv_at(h, ESP);
         m.encap = true;
         m.esp = ESP;
         m.end = L4 + ulen;

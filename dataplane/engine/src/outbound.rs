@@ -201,7 +201,6 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                         last = (m.dst, slot);
                     }
                     Err(r) => {
-                        m.live = false;
                         self.settle_out(res, m, OutVerdict::Drop(r));
                     }
                 }
@@ -213,7 +212,6 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             if m.live {
                 let (head, room) = (pkt.headroom(), pkt.tailroom() + pkt.len());
                 if let Err(r) = self.plan(head, room, m, res, events) {
-                    m.live = false;
                     self.settle_out(res, m, OutVerdict::Drop(r));
                 }
             }
@@ -241,7 +239,6 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             if m.live {
                 if let Err(r) = self.seal(pkt, m) {
                     // Not reached: `plan` made room. Never send what was not sealed.
-                    m.live = false;
                     self.settle_out(res, m, OutVerdict::Drop(r));
                 }
             }
@@ -261,10 +258,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     fn seal_and_write<F: Frame>(&mut self, pkt: &mut F, m: &mut Meta, res: &mut OutResult) {
         match self.seal(pkt, m) {
             Ok(()) => self.finish_out(pkt, m, res),
-            Err(r) => {
-                m.live = false;
-                self.settle_out(res, m, OutVerdict::Drop(r));
-            }
+            Err(r) => self.settle_out(res, m, OutVerdict::Drop(r)),
         }
     }
 
@@ -278,13 +272,14 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
             Err(r) => {
                 // Not reached: `plan` made room. Never send a frame left half built.
-                m.live = false;
                 self.settle_out(res, m, OutVerdict::Drop(r));
             }
         }
     }
 
-    fn settle_out(&mut self, res: &mut OutResult, m: &Meta, v: OutVerdict) {
+    /// Record a final verdict and count it; the later stages skip the packet.
+    fn settle_out(&mut self, res: &mut OutResult, m: &mut Meta, v: OutVerdict) {
+        m.live = false;
         res.verdict = v;
         match v {
             OutVerdict::Drop(r) => {
