@@ -708,7 +708,7 @@ where
                 proto::IPV4 => {
                     let r = ipv4::check(inner, RxChecksum::Unknown).map_err(|_| DropReason::InnerMalformed)?;
                     let ecn = r.tos & 3;
-                    let inside = sa.sel_peer.contains_v4(r.src.to_bits()) && sa.sel_local.contains_v4(r.dst.to_bits());
+                    let inside = sa.peer_has_v4(r.src.to_bits()) && sa.local_has_v4(r.dst.to_bits());
                     let new_ecn = inner_checks(inside, m, ecn)?;
                     if new_ecn != ecn {
                         ipv4::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);

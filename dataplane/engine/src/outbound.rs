@@ -351,7 +351,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let sa = &mut e.rt;
         res.spi = Some(sa.spi);
         let tunnel = sa.mode == Mode::Tunnel;
-        if tunnel && !sa.sel_local.contains(&m.src) {
+        if tunnel && !sa.local_has(&m.src) {
             return Err(DropReason::SelectorMismatch);
         }
         if sa.expired {
@@ -391,7 +391,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         if (end as isize - m.ip_at) as usize > mtu {
             return Err(DropReason::MtuExceeded);
         }
-        if sa.seq >= sa.seq_max {
+        if sa.seq >= sa.seq_max() {
             // Never wrap: the next number would repeat an IV under this key.
             events.event(Event { spi: sa.spi, direction: sa.direction, kind: EventKind::SeqExhausted });
             expire(sa, ExpiryCause::SeqExhausted, events);
@@ -400,7 +400,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let seq = sa.seq + 1;
         if seq > sa.seq_reserved {
             // Reserve the next block before using any number in it.
-            let up_to = sa.seq.saturating_add(SEQ_BLOCK).min(sa.seq_max);
+            let up_to = sa.seq.saturating_add(SEQ_BLOCK).min(sa.seq_max());
             if !events.reserve_seq(SeqReservation { spi: sa.spi, key_fp: sa.key_fp, up_to }) {
                 return Err(DropReason::SeqUnreserved);
             }

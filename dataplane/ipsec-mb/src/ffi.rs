@@ -43,8 +43,25 @@ pub(crate) const KEY_DATA_LEN: usize = 1024;
 /// itself is in, so that a packet reads no line for it alone.
 pub(crate) const KEY_LEN_AT: usize = KEY_DATA_LEN - 1;
 
+/// The AES key length, as a type with two values: the byte's other 254 are a niche, in
+/// which `AutoKey` keeps which library a key belongs to, so that telling them apart reads
+/// the line of H rather than a line of its own.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyLen {
+    Aes128 = 16,
+    Aes256 = 32,
+}
+
+/// The library's `struct gcm_key_data` in `bytes`, our key length in the last byte.
 #[repr(C, align(64))]
-pub(crate) struct KeyData(pub(crate) [u8; KEY_DATA_LEN]);
+pub(crate) struct KeyData {
+    pub(crate) bytes: [u8; KEY_LEN_AT],
+    pub(crate) key_len: KeyLen,
+}
+
+const _: () = assert!(core::mem::size_of::<KeyData>() == KEY_DATA_LEN);
+const _: () = assert!(core::mem::offset_of!(KeyData, key_len) == KEY_LEN_AT);
 
 /// Make the library's manager (once per process; later calls return the same answer).
 /// Returns the architecture its code paths use (`IMB_ARCH`: 1 no AES-NI, 2 SSE, 3 AVX,
@@ -79,22 +96,27 @@ fn check_layout(need: usize, used: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Expand a 16- or 32-byte AES key, and note its length. Only after `init` succeeded.
-pub(crate) fn gcm_pre(key: &[u8], kd: &mut KeyData) -> bool {
-    // SAFETY: `key` is readable for key.len() bytes (16 or 32, the shim refuses other
-    // lengths before reading); `kd` is writable for KEY_DATA_LEN >= sizeof(gcm_key_data)
-    // bytes (checked in `init`, which the caller ran).
-    let ok = unsafe { natt_mb_gcm_pre(key.as_ptr(), key.len(), kd.0.as_mut_ptr().cast()) == 0 };
-    // After the library wrote its fields, none of which reaches this byte (`init`).
-    kd.0[KEY_LEN_AT] = key.len() as u8;
-    ok
+/// Expand a 16- or 32-byte AES key (`None` for other lengths, or if the library
+/// refuses). Only after `init` succeeded.
+pub(crate) fn gcm_pre(key: &[u8]) -> Option<KeyData> {
+    let key_len = match key.len() {
+        16 => KeyLen::Aes128,
+        32 => KeyLen::Aes256,
+        _ => return None,
+    };
+    let mut kd = KeyData { bytes: [0; KEY_LEN_AT], key_len };
+    // SAFETY: `key` is readable for key.len() bytes (16 or 32); `kd.bytes` is writable for
+    // KEY_LEN_AT >= the library's fields (checked in `init`, which the caller ran), so
+    // the library never writes the key length.
+    let ok = unsafe { natt_mb_gcm_pre(key.as_ptr(), key.len(), kd.bytes.as_mut_ptr().cast()) == 0 };
+    ok.then_some(kd)
 }
 
 impl KeyData {
     /// The AES key length this key was made with (`gcm_pre`).
     #[inline]
     pub(crate) fn key_len(&self) -> usize {
-        usize::from(self.0[KEY_LEN_AT])
+        usize::from(self.key_len as u8)
     }
 }
 
@@ -107,7 +129,7 @@ pub(crate) fn gcm_seal(kd: &KeyData, iv: &[u8; 12], aad: &[u8], data: &mut [u8],
     unsafe {
         natt_mb_gcm_seal(
             kd.key_len(),
-            kd.0.as_ptr().cast(),
+            kd.bytes.as_ptr().cast(),
             iv.as_ptr(),
             aad.as_ptr(),
             aad.len() as u64,
@@ -124,7 +146,7 @@ pub(crate) fn gcm_open(kd: &KeyData, iv: &[u8; 12], aad: &[u8], data: &mut [u8],
     unsafe {
         natt_mb_gcm_open(
             kd.key_len(),
-            kd.0.as_ptr().cast(),
+            kd.bytes.as_ptr().cast(),
             iv.as_ptr(),
             aad.as_ptr(),
             aad.len() as u64,

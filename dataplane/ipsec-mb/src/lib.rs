@@ -159,11 +159,10 @@ impl Backend for IpsecMb {
         if library().is_err() {
             return Err(KeyError::Unsupported(alg.name(), Self::NAME));
         }
-        let mut k = MbKey { kd: ffi::KeyData([0; ffi::KEY_DATA_LEN]) };
-        if !ffi::gcm_pre(key, &mut k.kd) {
-            return Err(KeyError::Unsupported(alg.name(), Self::NAME));
+        match ffi::gcm_pre(key) {
+            Some(kd) => Ok(MbKey { kd }),
+            None => Err(KeyError::Unsupported(alg.name(), Self::NAME)),
         }
-        Ok(k)
     }
 }
 
@@ -182,28 +181,37 @@ impl AeadKey for MbKey {
 
     /// The round keys and the hash-key powers that `data_len` bytes need, and the key
     /// length (in the line of H itself with the VAES code): with the VAES code a 64-byte
-    /// packet reads 6 of the key's 16 cache lines.
+    /// packet reads 5 of the key's 16 cache lines with AES-128 (3 of round keys, 2 of
+    /// powers), 6 with AES-256. Reads the key length: `lead` first.
     #[inline]
     fn hot_spans(&self, data_len: usize, f: &mut impl FnMut(*const u8, usize)) {
-        let kd = &self.kd.0;
+        let kd = &self.kd.bytes;
         if WIDE_GHASH.load(Ordering::Relaxed) {
-            f(kd.as_ptr(), ROUND_KEYS_END);
+            // 11 or 15 round keys of 16 bytes.
+            let rounds = if self.kd.key_len == ffi::KeyLen::Aes128 { 11 * 16 } else { ROUND_KEYS_END };
+            f(kd.as_ptr(), rounds);
             // The data's blocks and one for the AAD (the lengths block takes H^1 too).
             let powers = (data_len.div_ceil(16) + 1).min(48);
             let start = WIDE_GHASH_END - 16 * powers;
             f(kd[start..].as_ptr(), 16 * powers);
         } else {
             f(kd.as_ptr(), NARROW_GHASH_END);
-            f(kd[ffi::KEY_LEN_AT..].as_ptr(), 1);
+            f(core::ptr::from_ref(&self.kd.key_len).cast(), 1);
         }
+    }
+
+    /// The key length's byte, in the line of H.
+    #[inline]
+    fn lead(&self) -> *const u8 {
+        core::ptr::from_ref(&self.kd.key_len).cast()
     }
 }
 
 impl Drop for MbKey {
     fn drop(&mut self) {
         // Round keys and hash-key powers do not outlive the SA.
-        self.kd.0.fill(0);
-        std::hint::black_box(&self.kd.0);
+        self.kd.bytes.fill(0);
+        std::hint::black_box(&self.kd.bytes);
     }
 }
 
@@ -274,6 +282,14 @@ impl AeadKey for AutoKey {
             AutoKey::Ring(k) => k.hot_spans(data_len, f),
         }
     }
+
+    /// The last byte, where the compiler keeps which library the key belongs to (in
+    /// `MbKey`'s key length byte, a niche: the enum is no larger than `MbKey`), in the
+    /// line of H that intel-ipsec-mb reads for every packet.
+    #[inline]
+    fn lead(&self) -> *const u8 {
+        core::ptr::from_ref(self).cast::<u8>().wrapping_add(core::mem::size_of::<Self>() - 1)
+    }
 }
 
 #[cfg(test)]
@@ -281,7 +297,7 @@ mod tests {
     use super::*;
 
     fn spans(k: &MbKey, data_len: usize) -> Vec<(usize, usize)> {
-        let base = k.kd.0.as_ptr() as usize;
+        let base = core::ptr::from_ref(&k.kd) as usize;
         let mut v = Vec::new();
         k.hot_spans(data_len, &mut |at, n| v.push((at as usize - base, n)));
         v
@@ -296,8 +312,9 @@ mod tests {
             for (len, powers) in
                 [(0, 1), (1, 2), (64, 5), (68, 6), (512, 33), (736, 47), (752, 48), (1420, 48), (9000, 48)]
             {
+                let rounds = if alg == Algorithm::Aes128Gcm { 176 } else { 240 };
                 let want = if WIDE_GHASH.load(Ordering::Relaxed) {
-                    vec![(0, 240), (1008 - 16 * powers, 16 * powers)]
+                    vec![(0, rounds), (1008 - 16 * powers, 16 * powers)]
                 } else {
                     vec![(0, 496), (1023, 1)]
                 };
@@ -308,6 +325,7 @@ mod tests {
                 let line = ffi::KEY_LEN_AT / 64;
                 assert!(got.iter().any(|&(s, n)| s / 64 <= line && line <= (s + n - 1) / 64), "{alg:?}, {len} bytes");
                 assert_eq!(k.kd.key_len(), alg.key_len());
+                assert_eq!(k.lead() as usize - core::ptr::from_ref(&k.kd) as usize, ffi::KEY_LEN_AT);
                 assert!(got.iter().all(|&(at, n)| at + n <= ffi::KEY_DATA_LEN));
             }
         }

@@ -16,7 +16,7 @@ use crate::dispatch::Owners;
 use crate::prepare::{Built, Lanes};
 use crossbeam_queue::ArrayQueue;
 use natt_dpdk::prefetch;
-use natt_engine::crypto::Backend;
+use natt_engine::crypto::{AeadKey, Backend};
 use natt_engine::reason::DropReason;
 use natt_engine::sa::{CRYPTO_AHEAD, Direction, Endpoint, InboundAhead, OutboundAhead, SaEntry, SaRuntime, SaStore};
 use natt_sadb::Reader;
@@ -336,9 +336,10 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// the next needs, so that no pass waits on a miss started just before: the first
     /// bucket of each lookup's chain (`bucket`: it and the tag to match there); then,
     /// buckets now near, the record the bucket names and this worker's cache entry for
-    /// it; then the head of the runtime state (`SaRuntime::HEAD_LEN`) and the first line
-    /// of its key; then, the head now near, what the checks read of the rest
-    /// (`SaRuntime::check_spans`: the selectors), the replay word of `seq` and, for the
+    /// it; then the head of the runtime state (`SaRuntime::HEAD_LEN`) and the line of
+    /// its key that tells the rest (`AeadKey::lead`); then, the head now near, what the
+    /// checks read of the rest (`SaRuntime::check_spans`: the selector sets, where the
+    /// head's own IPv4 selectors do not decide), the replay word of `seq` and, for the
     /// first `CRYPTO_AHEAD` packets only, what their crypto reads of the key
     /// (`SaRuntime::key_spans`: round keys, the hash-key powers its length needs). The
     /// engine asks for the other packets' key spans later (`prepare_crypto`), a few
@@ -377,7 +378,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             if let Some(Some(c)) = self.cache.get(s as usize) {
                 let rt = &c.entry.rt;
                 prefetch::lines(rt, SaRuntime::<B::Key>::HEAD_LEN.div_ceil(prefetch::LINE));
-                prefetch::line(&rt.key);
+                prefetch::span(rt.key.lead(), 1);
             }
         }
         for (i, (&s, &k)) in slots.iter().zip(keys).enumerate() {

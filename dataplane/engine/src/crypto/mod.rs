@@ -47,6 +47,13 @@ pub trait AeadKey: Send + Sync + 'static {
         let _ = data_len;
         f(core::ptr::from_ref(self).cast(), core::mem::size_of_val(self));
     }
+
+    /// The byte `hot_spans` reads to decide (if it reads any): a store that looks ahead
+    /// loads its line a step before it asks for the spans. The default: the first byte.
+    #[inline]
+    fn lead(&self) -> *const u8 {
+        core::ptr::from_ref(self).cast()
+    }
 }
 
 /// A crypto library.

@@ -166,6 +166,22 @@ impl SelectorSet {
         }
     }
 
+    /// The whole of this set's IPv4 part as one (address, mask) that `contains_v4`
+    /// agrees with, if it can be: its one IPv4 prefix, or (1, 0), which matches nothing,
+    /// if it has none. `None` with two or more.
+    pub fn exact_v4(&self) -> Option<(u32, u32)> {
+        match (self.n4, self.more4.is_empty()) {
+            (0, true) => Some((1, 0)),
+            (1, true) => Some(self.v4[0]),
+            _ => None,
+        }
+    }
+
+    /// Whether the set has IPv6 prefixes.
+    pub fn has_v6(&self) -> bool {
+        self.n6 > 0
+    }
+
     /// `contains` for an IPv4 address as a number (`Ipv4Addr::to_bits`).
     #[inline(always)]
     pub fn contains_v4(&self, a: u32) -> bool {
