@@ -53,6 +53,18 @@ pub(crate) enum KeyLen {
     Aes256 = 32,
 }
 
+impl KeyLen {
+    /// Bytes of expanded round keys at the start of the key data: 11 (AES-128) or 15
+    /// (AES-256) of 16 bytes.
+    #[inline]
+    pub(crate) fn round_keys_len(self) -> usize {
+        match self {
+            KeyLen::Aes128 => 11 * 16,
+            KeyLen::Aes256 => 15 * 16,
+        }
+    }
+}
+
 /// The library's `struct gcm_key_data` in `bytes`, our key length in the last byte.
 #[repr(C, align(64))]
 pub(crate) struct KeyData {

@@ -35,8 +35,6 @@ static LIBRARY: OnceLock<Result<Library, String>> = OnceLock::new();
 /// other paths keep 8 powers (and 8 Karatsuba halves) from byte 240, to 496 at most.
 /// For `MbKey::hot_spans` only: a wrong answer costs time, never correctness.
 static WIDE_GHASH: AtomicBool = AtomicBool::new(false);
-/// Round keys: 11 (AES-128) or 15 (AES-256) of 16 bytes, from the start.
-const ROUND_KEYS_END: usize = 240;
 /// End of the VAES path's 48 hash-key powers, and of the other paths' 16 entries.
 const WIDE_GHASH_END: usize = 1008;
 const NARROW_GHASH_END: usize = 496;
@@ -187,9 +185,7 @@ impl AeadKey for MbKey {
     fn hot_spans(&self, data_len: usize, f: &mut impl FnMut(*const u8, usize)) {
         let kd = &self.kd.bytes;
         if WIDE_GHASH.load(Ordering::Relaxed) {
-            // 11 or 15 round keys of 16 bytes.
-            let rounds = if self.kd.key_len == ffi::KeyLen::Aes128 { 11 * 16 } else { ROUND_KEYS_END };
-            f(kd.as_ptr(), rounds);
+            f(kd.as_ptr(), self.kd.key_len.round_keys_len());
             // The data's blocks and one for the AAD (the lengths block takes H^1 too).
             let powers = (data_len.div_ceil(16) + 1).min(48);
             let start = WIDE_GHASH_END - 16 * powers;
