@@ -37,6 +37,14 @@ With --crypto-compare it measures the crypto libraries against each other the sa
 
     sudo .venv/bin/python perf/run.py --crypto-compare --sizes 64,1420
 
+With --breakdown it measures where the time of many SAs goes, in four steps that add one
+thing at a time (see `breakdown`): 1,000 SAs looped in 1,024 packets; the same SAs in a
+loop of N packets (the traffic source); N SAs in the table (the table); the loop going
+round all N (the SA state). Alternating, --rounds each, N the first --sas count (default
+100,000).
+
+    sudo .venv/bin/python perf/run.py --breakdown --rounds 3 --sizes 64,1420
+
 With --compare DIR it measures two builds against each other the same way: the
 binaries in DIR ("before", e.g. another checkout's target/release) and this tree's
 ("after"), alternating, --rounds each, statistics detail off.
@@ -135,16 +143,18 @@ def write_pcap(path, frames):
 ETH = bytes.fromhex("027063617001") + bytes.fromhex("0200000000fe") + b"\x08\x00"
 
 
-def captures(work, n, size):
-    k = max(n, 1024)
+def captures(work, n, size, loop=None):
+    """Plaintext both ways and the clients' ESP: `loop` packets (default max(n, 1024))
+    going round the first n SAs in turn (mirror-{n}.json must hold them)."""
+    k = loop or max(n, 1024)
     out_frames, in_frames = [], []
     for j in range(k):
         inner, _, server = client(j % n)
         out_frames.append(ETH + ip4_udp(server, inner, size))
         in_frames.append(ETH + ip4_udp(inner, server, size))
-    plain_out = os.path.join(work, f"plain-out-{n}-{size}.pcap")
-    plain_in = os.path.join(work, f"plain-in-{n}-{size}.pcap")
-    esp = os.path.join(work, f"esp-{n}-{size}.pcap")
+    plain_out = os.path.join(work, f"plain-out-{n}-{k}-{size}.pcap")
+    plain_in = os.path.join(work, f"plain-in-{n}-{k}-{size}.pcap")
+    esp = os.path.join(work, f"esp-{n}-{k}-{size}.pcap")
     write_pcap(plain_out, out_frames)
     write_pcap(plain_in, in_frames)
     subprocess.run(
@@ -253,11 +263,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="with --stats-cost or --compare: runs per variant")
     ap.add_argument("--compare", metavar="DIR", help="A/B: the binaries in DIR (another build) against this tree's")
     ap.add_argument("--crypto-compare", action="store_true", help="A/B: --crypto ipsec-mb against --crypto ring")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="where the time of many SAs goes: the traffic source, the table, the SA state")
     args = ap.parse_args()
     if args.out is None:
         args.out = os.path.join(ROOT, "perf", "results",
                                 "stats-cost.json" if args.stats_cost else "compare.json" if args.compare
-                                else "crypto.json" if args.crypto_compare else "dataplane.json")
+                                else "crypto.json" if args.crypto_compare else "breakdown.json" if args.breakdown
+                                else "dataplane.json")
     if args.quick:
         args.sizes, args.sas, args.seconds = "64,1420", "1,1000", 5
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -267,8 +280,9 @@ def main():
     sh(["cargo", "build", "--release", "-q", "-p", "natt-dataplane", "-p", "natt-control", "-p", "natt-pcap",
         "-p", "natt-ringbench"], cwd=ROOT)
     lab = Lab(args)
-    if args.stats_cost or args.compare or args.crypto_compare:
-        run = stats_cost if args.stats_cost else compare if args.compare else crypto_compare
+    if args.stats_cost or args.compare or args.crypto_compare or args.breakdown:
+        run = (stats_cost if args.stats_cost else compare if args.compare else crypto_compare if args.crypto_compare
+               else breakdown)
         return run(lab, args, sizes if args.sizes != "64,512,1420" else [64, 1420])
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "host": os.uname().nodename, "cpu": cpu_model(), "seconds": args.seconds, "algorithm": "aes128-gcm",
@@ -388,6 +402,89 @@ def alternate(lab, args, sizes, variants, a, b):
     print(cost_table(results))
 
 
+BREAKDOWN_STEPS = ("few", "long loop", "big table", "all")
+
+
+def breakdown(lab, args, sizes):
+    """Where the time of many SAs goes. For N SAs (the first --sas count, default
+    100,000), four setups that add one thing at a time, run in turn (the order reversed
+    every other round), --rounds each, encapsulation and decapsulation (anti-replay off):
+      few        1,000 SAs, a loop of 1,024 packets (the matrix's 1,000-SA row);
+      long loop  the same SAs and table, a loop of N packets: the traffic source
+                 reading a capture far larger than the caches;
+      big table  N SAs in the table, the same loop of N packets going round 1,000 of
+                 them: the shared table and the worker's per-slot entries at N;
+      all        the loop of N packets going round all N SAs (the matrix's row): each
+                 packet's SA state far from the CPU too.
+    testpmd io-forward on the loops of "few" and "long loop" (what the longer loop costs
+    the ports alone)."""
+    n = int(args.sas.split(",")[0]) if args.sas != "1,1000,100000" else 100000
+    few = min(1000, n)
+    for m in sorted({few, n}):
+        dut_off, _, mirror = configs(m)
+        with open(os.path.join(lab.work, f"mirror-{m}.json"), "w") as f:
+            json.dump({"version": 1, "sas": mirror}, f)
+        lab.control(f"gen{m}", mirror, 1 << max(12, (4 * m + 1024).bit_length()))
+        lab.control(f"dut{m}", dut_off, 1 << max(12, (4 * m + 1024).bit_length()))
+    # (table SAs, SAs the loop goes round, loop length) per step
+    setup = {"few": (few, few, None), "long loop": (few, few, n), "big table": (n, few, n), "all": (n, n, n)}
+    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "host": os.uname().nodename, "cpu": cpu_model(), "seconds": args.seconds, "rounds": args.rounds,
+               "sas": n, "few": few, "steps": {k: {"table_sas": t, "loop_sas": a, "loop": lp or max(a, 1024)}
+                                                for k, (t, a, lp) in setup.items()}, "rows": []}
+    for size in sizes:
+        caps = {}
+        for step, (_, active, loop) in setup.items():
+            key = (active, loop)
+            if key not in caps:
+                caps[key] = captures(lab.work, active, size, loop)
+        testpmd = {}
+        for step in ("few", "long loop"):
+            plain_out, _, esp, k = caps[setup[step][1:]]
+            testpmd[step] = {"encap_ports": lab.testpmd(plain_out, k + 32768, args.seconds),
+                             "decap_ports": lab.testpmd(esp, k + 32768, args.seconds)}
+        for which in ("encap", "decap"):
+            runs = {step: [] for step in setup}
+            for r in range(args.rounds):
+                for step in (BREAKDOWN_STEPS if r % 2 == 0 else BREAKDOWN_STEPS[::-1]):
+                    table_sas, active, loop = setup[step]
+                    plain_out, _, esp, k = caps[(active, loop)]
+                    cmd, st = lab.dataplane("0-1", looped_ports(which, plain_out, esp), f"dut{table_sas}", k + 32768,
+                                            args.seconds, ["--stats-detail", "off"])
+                    got = parse_rates(lab.run_dut(cmd, st), which)
+                    if got:
+                        runs[step].append(got)
+            row = {"inner_size": size, "direction": which, "runs": runs, "tsc_hz": lab.tsc_hz,
+                   "mpps": {s: statistics.median(x[0] for x in rs) for s, rs in runs.items() if rs},
+                   "cycles": {s: statistics.median(x[1] for x in rs) for s, rs in runs.items() if rs},
+                   "testpmd": {s: t[f"{which}_ports"] for s, t in testpmd.items()}}
+            print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
+            results["rows"].append(row)
+            save(args.out, results)
+    shutil.rmtree(lab.shm, ignore_errors=True)
+    print(breakdown_table(results))
+
+
+def breakdown_table(r):
+    """The table of a --breakdown run: Mpps and busy cycles per packet of each step, and
+    what each step added."""
+    n = r["sas"]
+    lines = [f"| inner bytes | direction | Mpps: few / long loop / big table / all | busy cycles/packet "
+             f"| + long loop (source) | + big table (table) | + all (SA state) | testpmd: few / long loop |",
+             "|---:|---|---|---|---:|---:|---:|---|"]
+    for row in r["rows"]:
+        c, m = row["cycles"], row["mpps"]
+        if not all(s in c for s in BREAKDOWN_STEPS):
+            continue
+        d = [c[b] - c[a] for a, b in zip(BREAKDOWN_STEPS, BREAKDOWN_STEPS[1:])]
+        tp = row.get("testpmd", {})
+        lines.append(f"| {row['inner_size']} | {row['direction']} | {' / '.join(f'{m[s]:.2f}' for s in BREAKDOWN_STEPS)} "
+                     f"| {' / '.join(f'{c[s]:.0f}' for s in BREAKDOWN_STEPS)} | {d[0]:+.0f} | {d[1]:+.0f} | {d[2]:+.0f} "
+                     f"| {num(tp.get('few'), 1)} / {num(tp.get('long loop'), 1)} |")
+    lines.append(f"(N = {n:,} SAs; few = {r.get('few', 1000):,})")
+    return "\n".join(lines)
+
+
 def cost_table(r):
     """The table of an alternating run: --stats-cost (on against off) or --compare (after
     against before)."""
@@ -457,6 +554,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--table":
         with open(sys.argv[2] if len(sys.argv) > 2 else os.path.join(ROOT, "perf", "results", "dataplane.json")) as f:
             r = json.load(f)
-            print(cost_table(r) if "rounds" in r else table(r))
+            print(breakdown_table(r) if "steps" in r else cost_table(r) if "rounds" in r else table(r))
     else:
         main()
