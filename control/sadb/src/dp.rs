@@ -224,12 +224,9 @@ impl DpSegment {
     /// Dataplane: the producer end of worker `i`'s event ring.
     pub fn producer(&self, i: usize) -> EventProducer<'_> {
         let ring = self.ring(i);
-        EventProducer {
-            ring,
-            slots: self.ring_slots(i),
-            head: ring.head.0.load(Relaxed),
-            tail: ring.tail.0.load(Acquire),
-        }
+        let mut p = EventProducer { ring, slots: self.ring_slots(i), head: ring.head.0.load(Relaxed), tail: 0 };
+        p.tail = p.consumer_at();
+        p
     }
 
     /// Control: take every event waiting in any ring, in ring order.
@@ -347,18 +344,28 @@ impl EventProducer<'_> {
     #[inline]
     pub fn push(&mut self, ev: &Event, ts_ns: u64) -> bool {
         let n = self.slots.len() as u64;
-        if self.head - self.tail >= n {
-            self.tail = self.ring.tail.0.load(Acquire);
-            if self.head - self.tail >= n {
+        if n == 0 || self.head.wrapping_sub(self.tail) >= n {
+            self.tail = self.consumer_at();
+            if n == 0 || self.head.wrapping_sub(self.tail) >= n {
                 let d = &self.ring.dropped.0;
-                d.store(d.load(Relaxed) + 1, Relaxed);
+                d.store(d.load(Relaxed).wrapping_add(1), Relaxed);
                 return false;
             }
         }
         encode_event(&self.slots[(self.head % n) as usize], ev, ts_ns);
-        self.head += 1;
+        self.head = self.head.wrapping_add(1);
         self.ring.head.0.store(self.head, Release);
         true
+    }
+
+    /// Where the consumer (the control process) says it has read to. It is never past
+    /// the producer nor more than a ring behind; a position that is (the control
+    /// process's memory is not ours to trust) counts as caught up, so that nonsense
+    /// there costs events already queued, never a panic or a ring stuck full.
+    #[inline]
+    fn consumer_at(&self) -> u64 {
+        let t = self.ring.tail.0.load(Acquire);
+        if self.head.wrapping_sub(t) > self.slots.len() as u64 { self.head } else { t }
     }
 }
 
@@ -657,6 +664,32 @@ mod tests {
         });
         assert_eq!(total, 8);
         assert!(bad >= 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_consumer_position_that_makes_no_sense_never_stops_the_producer() {
+        let d = tmp("tail");
+        let seg = DpSegment::open_or_create(&d, "t", DpLayout::new(1, 4, 64).unwrap(), 1).unwrap();
+        let ev = Event { spi: 5, direction: Direction::Outbound, kind: EventKind::SeqExhausted };
+        let ring = seg.ring(0);
+        // (producer position left in the segment, consumer position the control process wrote)
+        for (head, tail) in [(0, 5), (3, u64::MAX), (10, 0), (u64::MAX - 1, 2), (u64::MAX, u64::MAX - 2), (7, 7)] {
+            ring.head.0.store(head, Relaxed);
+            ring.tail.0.store(tail, Relaxed);
+            let mut p = seg.producer(0);
+            let mut queued = 0;
+            for i in 0..6 {
+                queued += usize::from(p.push(&ev, i));
+            }
+            // Nonsense counts as caught up, every time the ring looks full: all six go.
+            let ahead = head.wrapping_sub(tail);
+            let room = if ahead > 4 { 6 } else { 4 - ahead as usize };
+            assert_eq!(queued, room, "head {head}, tail {tail}");
+            // Once the consumer catches up, there is room again.
+            ring.tail.0.store(ring.head.0.load(Relaxed), Relaxed);
+            assert!(p.push(&ev, 9), "head {head}, tail {tail}");
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -15,11 +15,15 @@ fn entry(tag: u32, slot: u32) -> u64 {
 }
 
 /// The slot a bucket's value `e` names if it is an entry tagged `tag` (not empty, not a
-/// tombstone).
+/// tombstone). A low half of 0 with a tag (no writer makes one: the memory is not ours to
+/// trust) names nothing.
 #[inline]
 pub fn slot_named(e: u64, tag: u32) -> Option<u32> {
     let low = e as u32;
-    (e != EMPTY && (e >> 32) as u32 == tag && low != TOMB).then(|| low - 1)
+    if e == EMPTY || (e >> 32) as u32 != tag || low == TOMB {
+        return None;
+    }
+    low.checked_sub(1)
 }
 
 /// One table: a power-of-two slice of buckets.
@@ -105,14 +109,15 @@ impl<'a> Table<'a> {
     }
 
     /// Raw bucket `i`: `Some((tag, Some(slot)))` for an entry, `Some((_, None))` for a
-    /// tombstone, `None` when empty.
+    /// tombstone (or a value no writer makes: a tag with a low half of 0), `None` when
+    /// empty.
     pub fn bucket(&self, i: usize) -> Option<(u32, Option<u32>)> {
         let e = self.b[i & self.mask].load(Acquire);
         if e == EMPTY {
             return None;
         }
         let low = e as u32;
-        Some(((e >> 32) as u32, (low != TOMB).then(|| low - 1)))
+        Some(((e >> 32) as u32, low.checked_sub(1).filter(|_| low != TOMB)))
     }
 
     /// Writer: empty buckets `range` (of a table no reader uses).
@@ -169,6 +174,11 @@ mod tests {
         assert!(t.remove(1, 7, 5));
         assert_eq!(slot_named(t.first(1).load(Acquire), 7), None, "a tombstone names nothing");
         assert_eq!(slot_named(EMPTY, 0), None, "an empty bucket names nothing, even for tag 0");
+        // A tag with a low half of 0 (slot "-1"), which only a scribbling writer makes:
+        // nothing, in debug builds too (it was an overflow there).
+        assert_eq!(slot_named(7 << 32, 7), None);
+        v[2].store(7 << 32, Release);
+        assert_eq!(t.bucket(2), Some((7, None)));
     }
 
     #[test]
