@@ -132,9 +132,11 @@ impl Default for Totals {
 }
 
 impl Totals {
+    /// Add a worker's counters. Wrapping: the values come from shared memory, which a
+    /// broken or hostile process could fill with anything, and the sum must not panic.
     pub fn add(&mut self, block: &[u64; SLOTS]) {
         for (a, b) in self.0.iter_mut().zip(block) {
-            *a += b;
+            *a = a.wrapping_add(*b);
         }
     }
 
@@ -147,7 +149,7 @@ impl Totals {
     }
 
     pub fn total_drops(&self) -> u64 {
-        DropReason::ALL.iter().map(|r| self.drop(*r)).sum()
+        DropReason::ALL.iter().fold(0u64, |a, r| a.wrapping_add(self.drop(*r)))
     }
 }
 

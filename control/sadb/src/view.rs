@@ -77,7 +77,8 @@ pub struct Accounting {
 
 impl Accounting {
     pub fn balanced(&self) -> bool {
-        self.packets_in == self.packets_out + self.dropped + self.consumed + self.pending
+        let out = [self.dropped, self.consumed, self.pending].iter().fold(self.packets_out, |a, b| a.wrapping_add(*b));
+        self.packets_in == out
     }
 }
 
@@ -215,7 +216,7 @@ pub fn collect(dp: &DpSegment) -> StatsView {
         workers,
         totals,
         ports,
-        events_dropped: dp.dropped_events().iter().sum(),
+        events_dropped: dp.dropped_events().iter().fold(0u64, |a, d| a.wrapping_add(*d)),
     }
 }
 
@@ -245,11 +246,15 @@ pub struct CyclesPerPacket {
     pub busy: Option<f64>,
 }
 
+/// The sum of some counters, wrapping (they come from shared memory: see `Totals::add`).
+fn sum(t: &Totals, cs: &[Counter]) -> u64 {
+    cs.iter().fold(0u64, |a, c| a.wrapping_add(t.get(*c)))
+}
+
 pub fn cycles_per_packet(t: &Totals) -> CyclesPerPacket {
     let ratio = |a: u64, b: u64| (b != 0).then(|| ((a as f64 / b as f64) * 10.0).round() / 10.0);
-    let rx =
-        t.get(Counter::rx_public) + t.get(Counter::rx_protected) + t.get(Counter::rx_punt) + t.get(Counter::rx_handoff);
-    let tx = t.get(Counter::tx_public) + t.get(Counter::tx_protected) + t.get(Counter::tx_punt);
+    let rx = sum(t, &[Counter::rx_public, Counter::rx_protected, Counter::rx_punt, Counter::rx_handoff]);
+    let tx = sum(t, &[Counter::tx_public, Counter::tx_protected, Counter::tx_punt]);
     CyclesPerPacket {
         rx: ratio(t.get(Counter::rx_cycles), rx),
         dispatch: ratio(t.get(Counter::dispatch_cycles), rx),
@@ -334,13 +339,12 @@ impl StatsView {
         let t = &self.totals;
         let g = |c| t.get(c);
         Accounting {
-            packets_in: g(Counter::rx_public) + g(Counter::rx_protected) + g(Counter::rx_punt),
-            packets_out: g(Counter::tx_public) + g(Counter::tx_protected) + g(Counter::tx_punt),
+            packets_in: sum(t, &[Counter::rx_public, Counter::rx_protected, Counter::rx_punt]),
+            packets_out: sum(t, &[Counter::tx_public, Counter::tx_protected, Counter::tx_punt]),
             dropped: t.total_drops(),
-            consumed: g(Counter::keepalives) + g(Counter::frag_absorbed),
-            pending: g(Counter::frag_pending)
-                + g(Counter::tx_pending)
-                + g(Counter::handoff_out).saturating_sub(g(Counter::rx_handoff)),
+            consumed: sum(t, &[Counter::keepalives, Counter::frag_absorbed]),
+            pending: sum(t, &[Counter::frag_pending, Counter::tx_pending])
+                .wrapping_add(g(Counter::handoff_out).saturating_sub(g(Counter::rx_handoff))),
         }
     }
 
@@ -534,6 +538,54 @@ mod tests {
         let got = read_latency(&b).unwrap();
         assert_eq!(got.len(), 100_000);
         assert_eq!(got.max(), h.max());
+    }
+
+    #[test]
+    fn counters_at_their_limits_are_read_and_rendered_without_a_panic() {
+        // The dataplane segment is another process's memory: every counter of every
+        // worker at u64::MAX (sums wrap), ports with every value at its limit, garbage
+        // text and a latency block of nonsense. Reading and rendering it must not panic.
+        use crate::dp::DpSegment;
+        use crate::layout::DpLayout;
+        let d = std::env::temp_dir().join(format!("natt-view-{}-limits", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let seg = DpSegment::open_or_create(&d, "t", DpLayout::new(2, 4, 64).unwrap(), 1).unwrap();
+        seg.header().workers.store(u32::MAX, Relaxed);
+        for w in 0..2 {
+            let c = seg.counters(w);
+            for k in Counter::ALL {
+                c.set(*k, u64::MAX);
+            }
+            for r in DropReason::ALL {
+                c.set_drop(*r, u64::MAX);
+            }
+            let l = seg.latency(w);
+            l.pairs.store(u64::MAX, Relaxed);
+            for x in &l.data {
+                x.store(u64::MAX, Relaxed);
+            }
+        }
+        for i in 0..MAX_PORTS {
+            let p = seg.port(i);
+            p.id_role.store(u64::MAX, Relaxed);
+            for x in p.stats.iter().chain(&p.name).chain(&p.driver) {
+                x.store(u64::MAX, Relaxed);
+            }
+        }
+        seg.header().tsc_hz.store(1, Relaxed);
+        let v = collect(&seg);
+        assert_eq!(v.workers.len(), 2, "no more workers than the layout has");
+        assert_eq!(v.totals.get(Counter::decap_packets), u64::MAX - 1, "two workers' u64::MAX, wrapped");
+        let a = v.accounting();
+        let _ = (a.balanced(), cycles_per_packet(&v.totals), drops_text(&v.totals));
+        let j = v.to_json();
+        assert!(j.is_object());
+        assert!(!v.to_prometheus().is_empty());
+        if let Some(h) = v.merged_latency() {
+            let _ = v.latency_of(&h).line();
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
