@@ -6,7 +6,7 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::{DataLink, TsResolution};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,6 +23,13 @@ pub enum CaptureError {
     #[error("{path}: not a pcap or pcapng file ({detail})")]
     Format { path: String, detail: String },
     #[error(
+        "{path}: the capture ends inside packet {record} (cut short while it was being written?); the {} before it were processed",
+        .record - 1
+    )]
+    Truncated { path: String, record: u64 },
+    #[error("{path}: packet {record} cannot be read ({detail}); the {} before it were processed", .record - 1)]
+    Record { path: String, record: u64, detail: String },
+    #[error(
         "{path}: link type {linktype:?} is not supported; capture with Ethernet framing (or raw IP / Linux cooked)"
     )]
     LinkType { path: String, linktype: DataLink },
@@ -37,6 +44,8 @@ enum Inner {
 pub struct CaptureReader {
     path: String,
     inner: Inner,
+    /// Packet records read so far (the number of the next, less one).
+    records: u64,
 }
 
 impl CaptureReader {
@@ -56,13 +65,21 @@ impl CaptureReader {
             check_linktype(&name, dl)?;
             Inner::Pcap(r, dl)
         };
-        Ok(CaptureReader { path: name, inner })
+        Ok(CaptureReader { path: name, inner, records: 0 })
     }
 
-    /// The next frame, `None` at the end.
+    /// The next frame, `None` at the end. A record that cannot be read is an error
+    /// naming it (the frames before it are good): `Truncated` if the file ends inside it.
     pub fn next_frame(&mut self) -> Option<Result<Frame, CaptureError>> {
-        let path = self.path.clone();
-        let fmt = move |e: pcap_file::PcapError| CaptureError::Format { path: path.clone(), detail: e.to_string() };
+        self.records += 1;
+        let (path, record) = (self.path.clone(), self.records);
+        let fmt = move |e: pcap_file::PcapError| match e {
+            pcap_file::PcapError::IncompleteBuffer => CaptureError::Truncated { path: path.clone(), record },
+            pcap_file::PcapError::IoError(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                CaptureError::Truncated { path: path.clone(), record }
+            }
+            e => CaptureError::Record { path: path.clone(), record, detail: e.to_string() },
+        };
         match &mut self.inner {
             Inner::Pcap(r, dl) => {
                 let dl = *dl;
@@ -83,9 +100,10 @@ impl CaptureReader {
                     _ => continue,
                 };
                 let Some(dl) = r.interfaces().get(ifid).map(|i| i.linktype) else {
-                    return Some(Err(CaptureError::Format {
+                    return Some(Err(CaptureError::Record {
                         path: self.path.clone(),
-                        detail: format!("packet for undeclared interface {ifid}"),
+                        record,
+                        detail: format!("captured on interface {ifid}, which the file does not declare"),
                     }));
                 };
                 if let Err(e) = check_linktype(&self.path, dl) {
@@ -153,5 +171,10 @@ impl CaptureWriter {
 
     pub fn write(&mut self, timestamp: Duration, data: &[u8]) -> Result<(), pcap_file::PcapError> {
         self.w.write_packet(&PcapPacket::new(timestamp, data.len() as u32, data)).map(|_| ())
+    }
+
+    /// Flush what is buffered, reporting an error (a full disk) that dropping would not.
+    pub fn finish(self) -> std::io::Result<()> {
+        self.w.into_writer().flush()
     }
 }

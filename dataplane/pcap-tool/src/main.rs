@@ -84,13 +84,31 @@ pub type Eng = Engine<natt_ipsec_mb::Auto>;
 const HEADROOM: usize = 128;
 const TAILROOM: usize = 128;
 
+/// How a run ended besides success: an error before any packet (configuration, files:
+/// status 2, nothing written), or a capture that went bad part way (status 1, after the
+/// packets before the bad record were processed, written and summarised).
+enum Failure {
+    Usage(String),
+    Capture(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Usage(e)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Usage(e)) => {
             eprintln!("natt-pcap: {e}");
             ExitCode::from(2)
+        }
+        Err(Failure::Capture(e)) => {
+            eprintln!("natt-pcap: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -102,7 +120,7 @@ fn load_engine(path: &std::path::Path, cfg: EngineConfig) -> Result<Eng, String>
     Engine::with_sas(cfg, sas).map_err(|e| format!("{name}: {e}"))
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Check { config } => {
             let engine = load_engine(&config, EngineConfig::default())?;
@@ -118,7 +136,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn process(r: Run, decap: bool) -> Result<(), String> {
+fn process(r: Run, decap: bool) -> Result<(), Failure> {
     let cfg = EngineConfig {
         reassembly: ReassemblyConfig {
             slots: r.reassembly_slots,
@@ -145,8 +163,16 @@ fn process(r: Run, decap: bool) -> Result<(), String> {
     let mut events = Vec::new();
     // One buffer, big enough for a reassembled datagram behind any frame.
     let mut storage = vec![0u8; HEADROOM + r.reassembly_max as usize + 64 + TAILROOM];
+    let mut bad_record = None;
     while let Some(frame) = reader.next_frame() {
-        let frame = frame.map_err(|e| e.to_string())?;
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                // What came before is good: finish it (output, summary), then say.
+                bad_record = Some(e.to_string());
+                break;
+            }
+        };
         index += 1;
         let t0 = *start.get_or_insert(frame.timestamp);
         let now = frame.timestamp.saturating_sub(t0).as_nanos() as u64;
@@ -178,7 +204,9 @@ fn process(r: Run, decap: bool) -> Result<(), String> {
         }
     }
     out.flush().map_err(|e| e.to_string())?;
-    drop(writer);
+    if let Some(w) = writer {
+        w.finish().map_err(|e| format!("writing output: {e}"))?;
+    }
     eprintln!("{}", report::summary(&engine, index));
-    Ok(())
+    bad_record.map_or(Ok(()), |e| Err(Failure::Capture(e)))
 }

@@ -1,6 +1,6 @@
 //! natt-pcap as operators run it: the shipped samples give the documented verdicts,
 //! configuration errors name file, SA and field and process nothing, bad captures are
-//! refused clearly.
+//! refused clearly, and a capture cut short is processed up to the cut.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -167,6 +167,56 @@ fn bad_captures_are_refused() {
     let o = bin().args(["decap", "-c"]).arg(samples().join("headend.json")).arg("-r").arg(&wifi).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not supported; capture with Ethernet framing"));
+}
+
+#[test]
+fn a_capture_cut_short_is_processed_up_to_the_cut() {
+    // tcpdump killed while writing leaves half a record at the end: the packets before
+    // it are processed, written and summarised as usual, then the cut is named (status 1).
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::read(samples().join("natt.pcap")).unwrap();
+    // Where each record starts (24-byte file header, 16-byte record headers).
+    let mut starts = Vec::new();
+    let mut at = 24;
+    while at + 16 <= full.len() {
+        starts.push(at);
+        at += 16 + u32::from_le_bytes(full[at + 8..at + 12].try_into().unwrap()) as usize;
+    }
+    assert!(starts.len() > 6, "{} records", starts.len());
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &full[..starts[5] + 30]).unwrap();
+    let out = dir.path().join("out.pcap");
+    let run = |input: &Path| {
+        bin()
+            .args(["decap", "-c"])
+            .arg(samples().join("headend.json"))
+            .arg("-r")
+            .arg(input)
+            .arg("-w")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let whole = run(&samples().join("natt.pcap"));
+    assert!(whole.status.success());
+    let o = run(&cut);
+    assert_eq!(o.status.code(), Some(1));
+    let got = lines(&o.stdout);
+    assert_eq!(got, lines(&whole.stdout)[..5].to_vec(), "the five whole packets, as in the full run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("\"summary\""), "{err}");
+    assert!(err.contains("cut.pcap: the capture ends inside packet 6 (cut short"), "{err}");
+    // What they produced is in the output file.
+    let accepted = got.iter().filter(|l| field(l, "verdict") == "accepted").count();
+    assert!(accepted > 0);
+    let written = std::fs::read(&out).unwrap();
+    let mut n = 0;
+    let mut at = 24;
+    while at + 16 <= written.len() {
+        n += 1;
+        at += 16 + u32::from_le_bytes(written[at + 8..at + 12].try_into().unwrap()) as usize;
+    }
+    assert_eq!((n, at), (accepted, written.len()));
 }
 
 #[test]
