@@ -143,9 +143,25 @@ def write_pcap(path, frames):
 ETH = bytes.fromhex("027063617001") + bytes.fromhex("0200000000fe") + b"\x08\x00"
 
 
+def capacity(n):
+    """The SA table capacity for n clients (an inbound and an outbound SA each): room for
+    both tables of a replace (anti-replay off -> on) while old records wait."""
+    return 1 << max(12, (4 * n + 1024).bit_length())
+
+
+def mirror_path(work, n):
+    return os.path.join(work, f"mirror-{n}.json")
+
+
+def write_mirror(work, n, mirror):
+    """The clients' SAs for n clients, where `captures` finds them."""
+    with open(mirror_path(work, n), "w") as f:
+        json.dump({"version": 1, "sas": mirror}, f)
+
+
 def captures(work, n, size, loop=None):
     """Plaintext both ways and the clients' ESP: `loop` packets (default max(n, 1024))
-    going round the first n SAs in turn (mirror-{n}.json must hold them)."""
+    going round the first n SAs in turn (`write_mirror` of at least n clients first)."""
     k = loop or max(n, 1024)
     out_frames, in_frames = [], []
     for j in range(k):
@@ -158,7 +174,7 @@ def captures(work, n, size, loop=None):
     write_pcap(plain_out, out_frames)
     write_pcap(plain_in, in_frames)
     subprocess.run(
-        [os.path.join(BIN, "natt-pcap"), "encap", "-c", os.path.join(work, f"mirror-{n}.json"), "-r", plain_in, "-w", esp],
+        [os.path.join(BIN, "natt-pcap"), "encap", "-c", mirror_path(work, n), "-r", plain_in, "-w", esp],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
     return plain_out, plain_in, esp, k
 
@@ -290,10 +306,8 @@ def main():
     results["ring"] = {str(k): v for k, v in lab.ringbench(sizes).items()}
     for n in sa_counts:
         dut_off, dut_on, mirror = configs(n)
-        # Room for both tables of a replace (anti-replay off -> on) while old records wait.
-        cap = 1 << max(12, (4 * n + 1024).bit_length())
-        with open(os.path.join(lab.work, f"mirror-{n}.json"), "w") as f:
-            json.dump({"version": 1, "sas": mirror}, f)
+        cap = capacity(n)
+        write_mirror(lab.work, n, mirror)
         lab.control(f"gen{n}", mirror, cap)
         for size in sizes:
             plain_out, plain_in, esp, k = captures(lab.work, n, size)
@@ -365,13 +379,12 @@ def alternate(lab, args, sizes, variants, a, b):
     that ran back to back (which cancels most of the drift of a shared machine)."""
     n = int(args.sas.split(",")[0]) if args.sas != "1,1000,100000" else 1
     dut_off, _, mirror = configs(n)
-    with open(os.path.join(lab.work, f"mirror-{n}.json"), "w") as f:
-        json.dump({"version": 1, "sas": mirror}, f)
+    write_mirror(lab.work, n, mirror)
     # Each build gets a table made by its own natt-control (the shared-memory layout may
     # differ between builds).
     table = {v: f"dut{n}" if d is None else f"dut{n}-{v}" for v, (d, _) in variants.items()}
     for name, d in {table[v]: d for v, (d, _) in variants.items()}.items():
-        lab.control(name, dut_off, 1 << max(12, (4 * n + 1024).bit_length()), d)
+        lab.control(name, dut_off, capacity(n), d)
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "host": os.uname().nodename, "cpu": cpu_model(), "seconds": args.seconds, "rounds": args.rounds,
                "sas": n, "variants": [a, b], "rows": []}
@@ -422,10 +435,9 @@ def breakdown(lab, args, sizes):
     few = min(1000, n)
     for m in sorted({few, n}):
         dut_off, _, mirror = configs(m)
-        with open(os.path.join(lab.work, f"mirror-{m}.json"), "w") as f:
-            json.dump({"version": 1, "sas": mirror}, f)
-        lab.control(f"gen{m}", mirror, 1 << max(12, (4 * m + 1024).bit_length()))
-        lab.control(f"dut{m}", dut_off, 1 << max(12, (4 * m + 1024).bit_length()))
+        write_mirror(lab.work, m, mirror)
+        lab.control(f"gen{m}", mirror, capacity(m))
+        lab.control(f"dut{m}", dut_off, capacity(m))
     # (table SAs, SAs the loop goes round, loop length) per step
     setup = {"few": (few, few, None), "long loop": (few, few, n), "big table": (n, few, n), "all": (n, n, n)}
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -146,9 +146,8 @@ def main():
     for n in map(int, args.sas.split(",")):
         ours, mirror, cfg = sa_sets(n)
         name = f"secgw{n}"
-        lab.control(name, ours, 1 << max(12, (4 * n + 1024).bit_length()))
-        with open(os.path.join(lab.work, f"mirror-{n}.json"), "w") as f:
-            json.dump({"version": 1, "sas": mirror}, f)
+        lab.control(name, ours, run.capacity(n))
+        run.write_mirror(lab.work, n, mirror)
         cfg_path = os.path.join(lab.work, f"secgw-{n}.cfg")
         with open(cfg_path, "w") as f:
             f.write(cfg)
