@@ -151,6 +151,11 @@ impl Totals {
     pub fn total_drops(&self) -> u64 {
         DropReason::ALL.iter().fold(0u64, |a, r| a.wrapping_add(self.drop(*r)))
     }
+
+    /// The sum of some counters, wrapping (see `add`).
+    pub fn sum(&self, cs: &[Counter]) -> u64 {
+        cs.iter().fold(0u64, |a, c| a.wrapping_add(self.get(*c)))
+    }
 }
 
 #[cfg(test)]

@@ -246,15 +246,10 @@ pub struct CyclesPerPacket {
     pub busy: Option<f64>,
 }
 
-/// The sum of some counters, wrapping (they come from shared memory: see `Totals::add`).
-fn sum(t: &Totals, cs: &[Counter]) -> u64 {
-    cs.iter().fold(0u64, |a, c| a.wrapping_add(t.get(*c)))
-}
-
 pub fn cycles_per_packet(t: &Totals) -> CyclesPerPacket {
     let ratio = |a: u64, b: u64| (b != 0).then(|| ((a as f64 / b as f64) * 10.0).round() / 10.0);
-    let rx = sum(t, &[Counter::rx_public, Counter::rx_protected, Counter::rx_punt, Counter::rx_handoff]);
-    let tx = sum(t, &[Counter::tx_public, Counter::tx_protected, Counter::tx_punt]);
+    let rx = t.sum(&[Counter::rx_public, Counter::rx_protected, Counter::rx_punt, Counter::rx_handoff]);
+    let tx = t.sum(&[Counter::tx_public, Counter::tx_protected, Counter::tx_punt]);
     CyclesPerPacket {
         rx: ratio(t.get(Counter::rx_cycles), rx),
         dispatch: ratio(t.get(Counter::dispatch_cycles), rx),
@@ -339,11 +334,12 @@ impl StatsView {
         let t = &self.totals;
         let g = |c| t.get(c);
         Accounting {
-            packets_in: sum(t, &[Counter::rx_public, Counter::rx_protected, Counter::rx_punt]),
-            packets_out: sum(t, &[Counter::tx_public, Counter::tx_protected, Counter::tx_punt]),
+            packets_in: t.sum(&[Counter::rx_public, Counter::rx_protected, Counter::rx_punt]),
+            packets_out: t.sum(&[Counter::tx_public, Counter::tx_protected, Counter::tx_punt]),
             dropped: t.total_drops(),
-            consumed: sum(t, &[Counter::keepalives, Counter::frag_absorbed]),
-            pending: sum(t, &[Counter::frag_pending, Counter::tx_pending])
+            consumed: t.sum(&[Counter::keepalives, Counter::frag_absorbed]),
+            pending: t
+                .sum(&[Counter::frag_pending, Counter::tx_pending])
                 .wrapping_add(g(Counter::handoff_out).saturating_sub(g(Counter::rx_handoff))),
         }
     }

@@ -317,7 +317,7 @@ fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Ins
     let mut shrunk_seen = [false; 2];
     let received = |sh: &setup::Shared| {
         let (t, _) = sh.dp.totals();
-        t.get(Counter::rx_public) + t.get(Counter::rx_protected) + t.get(Counter::rx_punt)
+        t.sum(&[Counter::rx_public, Counter::rx_protected, Counter::rx_punt])
     };
     while !sh.stop.load(Ordering::SeqCst) {
         std::thread::sleep(tick);
