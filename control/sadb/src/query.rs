@@ -71,15 +71,15 @@ pub fn answer<K>(q: &SaQuery, ticket: u64, sa: Option<&SaRuntime<K>>) {
             f[field::BYTES].store(rt.stats.bytes, Relaxed);
             f[field::NAT_CHANGES].store(rt.stats.nat_changes, Relaxed);
             f[field::SEQ].store(rt.seq, Relaxed);
-            f[field::REPLAY_TOP].store(rt.replay.top(), Relaxed);
-            let (v6, hi, lo) = match rt.endpoint.addr {
+            f[field::REPLAY_TOP].store(rt.peer.replay.top(), Relaxed);
+            let (v6, hi, lo) = match rt.peer.endpoint.addr {
                 IpAddr::V4(a) => (false, 0, u64::from(a.to_bits())),
                 IpAddr::V6(a) => (true, (a.to_bits() >> 64) as u64, a.to_bits() as u64),
             };
             let flags =
                 u64::from(rt.expired) * FLAG_EXPIRED + u64::from(rt.soft_fired) * FLAG_SOFT + u64::from(v6) * FLAG_V6;
             f[field::FLAGS].store(flags, Relaxed);
-            f[field::PORT].store(u64::from(rt.endpoint.port), Relaxed);
+            f[field::PORT].store(u64::from(rt.peer.endpoint.port), Relaxed);
             f[field::ADDR_HI].store(hi, Relaxed);
             f[field::ADDR_LO].store(lo, Relaxed);
             for (i, d) in rt.stats.drops.iter().enumerate() {

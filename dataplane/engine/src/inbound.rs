@@ -566,7 +566,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         if sa.expired {
             return Err(DropReason::SaExpired);
         }
-        if m.dst != sa.local {
+        if !sa.is_local(&m.dst) {
             return Err(DropReason::WrongDestination);
         }
         match (sa.encap, m.encap) {
@@ -581,8 +581,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         if (len - PREFIX_LEN - ICV_LEN) % 4 != 0 {
             return Err(DropReason::EspMisaligned);
         }
-        let seq = sa.replay.full_seq(m.seq as u32).ok_or(DropReason::ReplayStale)?;
-        sa.replay.check(seq).map_err(replay_drop)?;
+        let seq = sa.peer.replay.full_seq(m.seq as u32).ok_or(DropReason::ReplayStale)?;
+        sa.peer.replay.check(seq).map_err(replay_drop)?;
         m.seq = seq;
         m.aead = AeadInputs::new(&sa.salt, &m.iv, m.spi, seq, sa.esn);
         Ok(())
@@ -641,7 +641,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let Engine { sas, counters, .. } = self;
         let Some(e) = sas.entry_mut(m.slot) else { return InVerdict::Drop(DropReason::NoSa) };
         let sa = &mut e.rt;
-        let advanced = match sa.replay.check_and_accept(m.seq) {
+        let advanced = match sa.peer.replay.check_and_accept(m.seq) {
             Ok(a) => a,
             Err(e) => return InVerdict::Drop(replay_drop(e)),
         };
@@ -649,9 +649,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         // The peer's NAT mapping, from authenticated packets that advance the window
         // (an old reordered packet must not move it back). `sport` is 0 for plain ESP.
         let mut moved = None;
-        if advanced && (m.sport != sa.endpoint.port || m.src != sa.endpoint.addr) {
-            let (old, seen) = (sa.endpoint, Endpoint { addr: m.src, port: m.sport });
-            sa.endpoint = seen;
+        if advanced && (m.sport != sa.peer.endpoint.port || m.src != sa.peer.endpoint.addr) {
+            let (old, seen) = (sa.peer.endpoint, Endpoint { addr: m.src, port: m.sport });
+            sa.peer.endpoint = seen;
             sa.stats.nat_changes += 1;
             moved = Some((old, seen, if sa.nat_update { sa.paired_spi } else { None }));
         }

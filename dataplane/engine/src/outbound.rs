@@ -365,7 +365,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             m.pstart = m.l3;
             m.plen = m.ip_len;
             m.next_header = if m.v6 { proto::IPV6 } else { proto::IPV4 };
-            m.outer_v6 = sa.local.is_ipv6();
+            m.outer_v6 = sa.local_v6;
         } else {
             if m.v6 && matches!(m.next_header, proto::HOPOPT | proto::IPV6_ROUTE | proto::IPV6_FRAG | proto::IPV6_OPTS)
             {
@@ -410,7 +410,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         m.seq = sa.seq;
         m.aead = AeadInputs::new(&sa.salt, &seq.to_be_bytes(), sa.spi, seq, sa.esn);
         res.seq = sa.seq;
-        res.dest = Some(sa.endpoint);
+        res.dest = Some(sa.destination());
         let bytes = m.plen as u64;
         account(sa, bytes, events);
         self.counters.encap_packets += 1;
@@ -512,17 +512,29 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let l3_end = if sa.encap.is_some() { esp_at - udp::HEADER_LEN } else { esp_at };
         let len = f.len();
         if sa.outer4[0] == 0x45 {
-            // Tunnel mode over IPv4 in UDP: the SA's template (checksum field zero),
-            // with what differs per packet filled in and added to the template's sum.
+            // Tunnel mode over IPv4: the SA's template (IPv4 with its checksum field zero,
+            // then UDP if the SA encapsulates), with what differs per packet filled in and
+            // added to the template's sum.
             let df = if sa.df == DfPolicy::Copy && m.df { ipv4::FLAG_DF } else { 0 };
             let (total, udp_len) = ((len - ip) as u16, (len - l3_end) as u16);
-            if let Some(h) = f.get_mut(ip..).and_then(|t| t.first_chunk_mut::<OUTER4_LEN>()) {
-                *h = sa.outer4;
+            let outer = f.get_mut(ip..).and_then(|t| match sa.encap {
+                Some(_) => t.first_chunk_mut::<OUTER4_LEN>().and_then(|h| {
+                    *h = sa.outer4;
+                    h[24..26].copy_from_slice(&udp_len.to_be_bytes());
+                    h.first_chunk_mut::<{ ipv4::HEADER_LEN }>()
+                }),
+                None => t.first_chunk_mut::<{ ipv4::HEADER_LEN }>().map(|h| {
+                    if let Some(t) = sa.outer4.first_chunk() {
+                        *h = *t;
+                    }
+                    h
+                }),
+            });
+            if let Some(h) = outer {
                 let w0 = 0x4500_0000 | (u32::from(m.tos) << 16) | u32::from(total);
                 let w1 = (u32::from(ident) << 16) | u32::from(df) | (u32::from(h[6]) << 8);
                 h[0..4].copy_from_slice(&w0.to_be_bytes());
                 h[4..8].copy_from_slice(&w1.to_be_bytes());
-                h[24..26].copy_from_slice(&udp_len.to_be_bytes());
                 if !offload.ipv4_header {
                     // Under 2^18: two end-around carries fold it.
                     let sum = sa.outer4_sum + u32::from(m.tos) + u32::from(total) + u32::from(ident) + u32::from(df);
@@ -544,10 +556,10 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             });
         }
         let ip_proto = if sa.encap.is_some() { proto::UDP } else { proto::ESP };
-        let peer = sa.endpoint.addr;
+        let peer = sa.peer.endpoint.addr;
         if let Some(enc) = sa.encap {
             if let Some(u) = f[l3_end..].first_chunk_mut::<{ udp::HEADER_LEN }>() {
-                udp::emit_header(u, enc.local_port, sa.endpoint.port, (len - l3_end) as u16);
+                udp::emit_header(u, enc.local_port, sa.peer.endpoint.port, (len - l3_end) as u16);
             }
         }
         match (sa.mode, sa.local, peer) {

@@ -205,7 +205,7 @@ fn forged_packet_does_not_move_the_window() {
     let n = forged.len();
     forged[n - 1] ^= 0x80;
     assert_eq!(decap(&mut headend, &forged, 0).0.verdict, InVerdict::Drop(DropReason::AuthFailed));
-    assert_eq!(headend.sa(Direction::Inbound, SPI_IN).unwrap().rt.replay.top(), 1);
+    assert_eq!(headend.sa(Direction::Inbound, SPI_IN).unwrap().rt.peer.replay.top(), 1);
     assert_eq!(decap(&mut headend, &ok(2), 0).0.verdict, InVerdict::Tunnel);
     assert_eq!(decap(&mut headend, &ok(2), 0).0.verdict, InVerdict::Drop(DropReason::ReplayDuplicate));
     assert_eq!(decap(&mut headend, &ok(200), 0).0.verdict, InVerdict::Tunnel);
@@ -287,7 +287,7 @@ fn esn_crosses_the_32_bit_boundary() {
         assert_eq!(r.verdict, InVerdict::Tunnel);
     }
     assert_eq!(seqs, (start + 1..start + 7).collect::<Vec<_>>());
-    assert_eq!(headend.sa(Direction::Inbound, SPI_IN).unwrap().rt.replay.top(), start + 6);
+    assert_eq!(headend.sa(Direction::Inbound, SPI_IN).unwrap().rt.peer.replay.top(), start + 6);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The SA runtime state built on this backend's keys: what every packet reads fits the
-//! head the dataplane's store loads first (`SaRuntime::HEAD_LEN`, three cache lines),
+//! head the dataplane's store loads first (`SaRuntime::HEAD_LEN`, two cache lines),
 //! and what else a packet reads (`SaRuntime::hot_spans`: selector sets where the head's
 //! IPv4 selectors do not decide, and key) lies within the state, past the head. Which
 //! library a key belongs to costs no line of its own.
@@ -11,9 +11,9 @@ use natt_engine::sa::config::parse_sa;
 use natt_ipsec_mb::{Auto, AutoKey, Choice, MbKey};
 
 #[test]
-fn the_head_is_three_lines_and_the_hot_spans_lie_past_it() {
+fn the_head_is_two_lines_and_the_hot_spans_lie_past_it() {
     type Rt = SaRuntime<AutoKey>;
-    const { assert!(Rt::HEAD_LEN <= 3 * 64, "the head is more than three cache lines") };
+    const { assert!(Rt::HEAD_LEN <= 2 * 64, "the head is more than two cache lines") };
     const { assert!(Rt::KEY_OFFSET >= Rt::HEAD_LEN, "the key starts inside the head") };
     natt_ipsec_mb::select(Choice::IpsecMb).expect("intel-ipsec-mb starts");
     let sa = serde_json::json!({

@@ -336,10 +336,12 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// the next needs, so that no pass waits on a miss started just before: the first
     /// bucket of each lookup's chain (`bucket`: it and the tag to match there); then,
     /// buckets now near, the record the bucket names and this worker's cache entry for
-    /// it; then the head of the runtime state (`SaRuntime::HEAD_LEN`) and the line of
-    /// its key that tells the rest (`AeadKey::lead`); then, the head now near, what the
-    /// checks read of the rest (`SaRuntime::check_spans`: the selector sets, where the
-    /// head's own IPv4 selectors do not decide), the replay word of `seq` and, for the
+    /// it; then the head of the runtime state (`SaRuntime::HEAD_LEN`), for inbound
+    /// lookups its peer line (NAT endpoint and replay window, `SaRuntime::peer_line`), and
+    /// the line of its key that tells the rest (`AeadKey::lead`); then, the head now near,
+    /// what the checks read of the rest (`SaRuntime::check_spans`: the selector sets, where
+    /// the head's own IPv4 selectors do not decide; outbound SAs' addresses where they have
+    /// no outer header template), the replay word of `seq` and, for the
     /// first `CRYPTO_AHEAD` packets only, what their crypto reads of the key
     /// (`SaRuntime::key_spans`: round keys, the hash-key powers its length needs). The
     /// engine asks for the other packets' key spans later (`prepare_crypto`), a few
@@ -350,6 +352,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     fn look_ahead<K: Copy>(
         &self,
         keys: &[K],
+        inbound: bool,
         bucket: impl Fn(K) -> Option<(&'a AtomicU64, u32)>,
         seq: impl Fn(K) -> Option<u64>,
         len: impl Fn(K) -> u32,
@@ -378,6 +381,9 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             if let Some(Some(c)) = self.cache.get(s as usize) {
                 let rt = &c.entry.rt;
                 prefetch::lines(rt, SaRuntime::<B::Key>::HEAD_LEN.div_ceil(prefetch::LINE));
+                if inbound {
+                    prefetch::span(rt.peer_line(), 1);
+                }
                 prefetch::span(rt.key.lead(), 1);
             }
         }
@@ -388,7 +394,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
                 if i < CRYPTO_AHEAD {
                     rt.key_spans(len(k) as usize, &mut |at, n| prefetch::span(at, n));
                 }
-                if let Some(w) = seq(k).and_then(|q| rt.replay.word(q)) {
+                if let Some(w) = seq(k).and_then(|q| rt.peer.replay.word(q)) {
                     prefetch::line(w);
                 }
             }
@@ -414,6 +420,7 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
         let (r, s) = (self.reader, self.snap);
         self.look_ahead(
             keys,
+            true,
             |k| Some(r.spi_bucket(&s, Direction::Inbound, k.spi)),
             |k| Some(u64::from(k.seq)),
             |k| k.len,
@@ -423,7 +430,7 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
     #[inline]
     fn look_ahead_outbound(&mut self, keys: &[OutboundAhead]) {
         let (r, s) = (self.reader, self.snap);
-        self.look_ahead(keys, |k| r.lpm_bucket(&s, &k.dst), |_| None, |k| k.len);
+        self.look_ahead(keys, false, |k| r.lpm_bucket(&s, &k.dst), |_| None, |k| k.len);
     }
 
     #[inline]

@@ -675,7 +675,7 @@ impl<'a> Worker<'a> {
                     .filter_map(|r| Some((*r, rt.stats.drop_count(*r))).filter(|x| x.1 > 0))
                     .collect(),
                 seq: rt.seq,
-                endpoint: rt.endpoint,
+                endpoint: rt.peer.endpoint,
             })
             .collect();
         let report = WorkerReport { sas };

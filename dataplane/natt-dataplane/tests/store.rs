@@ -259,11 +259,11 @@ fn nat_updates_reach_the_worker_that_owns_the_outbound_sa() {
     assert_eq!(s0.loaded().count(), 0, "worker 0 must not load worker 1's SA");
     s1.apply_nat_updates();
     let slot = s1.outbound(&dst(theirs)).unwrap();
-    assert_eq!(s1.entry(slot).unwrap().rt.endpoint, to);
+    assert_eq!(s1.entry(slot).unwrap().rt.peer.endpoint, to);
     // Its own SA: applied at once.
     assert!(s0.follow_nat(mine, to));
     let slot = s0.outbound(&dst(mine)).unwrap();
-    assert_eq!(s0.entry(slot).unwrap().rt.endpoint, to);
+    assert_eq!(s0.entry(slot).unwrap().rt.peer.endpoint, to);
     assert!(!s0.follow_nat(0x7777_0000, to), "no such SA");
 }
 

@@ -54,13 +54,28 @@ impl SaStats {
     }
 }
 
+/// What the inbound path reads of an SA besides the head (`SaRuntime::HEAD_LEN`): where
+/// the peer is now, which every authenticated packet compares its outer source with, and
+/// the anti-replay window. One cache line of its own, after the head, so that an outbound
+/// packet, which reads neither on its common path (see `SaRuntime::outer4`), is not made
+/// to load it.
+#[derive(Debug)]
+#[repr(C, align(64))]
+pub struct PeerLine {
+    /// Where the peer is now: configured, then moved by authenticated NAT changes.
+    pub endpoint: Endpoint,
+    /// Inbound: anti-replay window and ESN state.
+    pub replay: ReplayWindow,
+}
+
 /// Hot per-SA state. `repr(C)`, in the order packets need it: a head that every packet
-/// reads (`HEAD_LEN` bytes, three cache lines: flags, addresses and endpoint; sequence
-/// numbers, replay window and lifetime thresholds; the outer header template, the IPv4
-/// selectors of the common case and the packet and byte counts), then the per-reason
-/// drop counts, the selector sets and the key, of which a packet reads what `hot_spans`
-/// names, and last what no packet reads. A store that looks ahead loads the head and the
-/// hot spans, not the whole (1.2 to 1.8 KiB by crypto library).
+/// reads (`HEAD_LEN` bytes, two cache lines: flags, our IPv4 address, sequence numbers
+/// and lifetime thresholds; the outer header template, the IPv4 selectors of the common
+/// case and the packet and byte counts), then the per-reason drop counts, the line that
+/// inbound packets read besides (`peer`: NAT endpoint and replay window), the selector
+/// sets and the key, of which a packet reads what `hot_spans` names, and last what no
+/// packet reads. A store that looks ahead loads the head, the peer line for inbound SAs
+/// and the hot spans, not the whole (1.2 to 1.8 KiB by crypto library).
 #[repr(C, align(64))]
 pub struct SaRuntime<K> {
     pub spi: u32,
@@ -82,24 +97,24 @@ pub struct SaRuntime<K> {
     pub pad_mask: u8,
     pub df: DfPolicy,
     pub encap: Option<Encap>,
-    pub local: IpAddr,
-    /// Where the peer is now: configured, then moved by authenticated NAT changes.
-    pub endpoint: Endpoint,
+    /// `local` is an IPv6 address; if not, `local4` is its IPv4 address
+    /// (`Ipv4Addr::to_bits`), so that an inbound packet's destination check reads the head.
+    pub(crate) local_v6: bool,
+    pub(crate) local4: u32,
     /// Outbound: last sequence number used.
     pub seq: u64,
     /// Outbound: numbers up to this one are durably reserved by the host.
     pub seq_reserved: u64,
-    /// Inbound: anti-replay window and ESN state.
-    pub replay: ReplayWindow,
     /// Lifetime accounting need not look closer until `stats.packets` or `stats.bytes`
     /// reaches these (the nearest soft or hard limit not yet acted on; `u64::MAX`: none).
     pub(crate) next_limit_packets: u64,
     pub(crate) next_limit_bytes: u64,
-    /// Outbound, tunnel mode over IPv4 in UDP: the outer IPv4 and UDP headers as far as
-    /// every packet shares them (version and header length, DF if the policy sets it,
-    /// TTL, protocol, addresses, ports), and the ones'-complement sum of those IPv4
-    /// words; the rest is filled in per packet. All zero for any other kind of SA.
-    /// Rebuilt whenever `endpoint` moves (`outer4_build`).
+    /// Outbound, tunnel mode over IPv4: the outer IPv4 header, and the UDP header if the
+    /// SA encapsulates, as far as every packet shares them (version and header length,
+    /// DF if the policy sets it, TTL, protocol, addresses, ports), and the ones'-complement
+    /// sum of the IPv4 words; the rest is filled in per packet. All zero for any other
+    /// kind of SA, whose outer headers are written from `local` and `peer`. Rebuilt
+    /// whenever the endpoint moves (`outer4_build`).
     pub(crate) outer4: [u8; OUTER4_LEN],
     pub(crate) outer4_sum: u32,
     /// With `sel4_exact`, each side's IPv4 selectors as one (address, mask), local then
@@ -109,6 +124,9 @@ pub struct SaRuntime<K> {
     pub(crate) sel4: [(u32, u32); 2],
     /// Packet and byte counts first (the head ends with them), then drop counts.
     pub stats: SaStats,
+    /// The NAT endpoint and the replay window: read by inbound packets (see `PeerLine`).
+    pub peer: PeerLine,
+    pub local: IpAddr,
     /// Identifies the key for reservations.
     pub key_fp: u64,
     pub paired_spi: Option<u32>,
@@ -149,11 +167,18 @@ impl<K: AeadKey> SaRuntime<K> {
             df: p.df,
             encap: p.encap,
             local: p.local,
-            endpoint: Endpoint { addr: p.peer, port: p.encap.map_or(0, |e| e.peer_port) },
+            local_v6: p.local.is_ipv6(),
+            local4: match p.local {
+                IpAddr::V4(a) => a.to_bits(),
+                IpAddr::V6(_) => 0,
+            },
+            peer: PeerLine {
+                endpoint: Endpoint { addr: p.peer, port: p.encap.map_or(0, |e| e.peer_port) },
+                replay: ReplayWindow::new(p.replay_window, p.esn, p.last_seq),
+            },
             seq: p.last_seq,
             seq_reserved: p.last_seq,
             key_fp: crate::crypto::key_fingerprint(p.key.expose(), &p.salt),
-            replay: ReplayWindow::new(p.replay_window, p.esn, p.last_seq),
             lifetime: p.lifetime,
             next_limit_packets: 0,
             next_limit_bytes: 0,
@@ -179,10 +204,10 @@ impl<K: AeadKey> SaRuntime<K> {
     /// Send to the peer's new NAT endpoint (outbound SAs). Returns false, changing
     /// nothing, if it is of another address family.
     pub fn follow_nat(&mut self, to: Endpoint) -> bool {
-        if self.endpoint.addr.is_ipv4() != to.addr.is_ipv4() {
+        if self.peer.endpoint.addr.is_ipv4() != to.addr.is_ipv4() {
             return false;
         }
-        self.endpoint = Endpoint { addr: to.addr, port: if self.encap.is_some() { to.port } else { 0 } };
+        self.peer.endpoint = Endpoint { addr: to.addr, port: if self.encap.is_some() { to.port } else { 0 } };
         self.outer4_build();
         true
     }
@@ -191,8 +216,8 @@ impl<K: AeadKey> SaRuntime<K> {
     fn outer4_build(&mut self) {
         self.outer4 = [0; OUTER4_LEN];
         self.outer4_sum = 0;
-        let (Direction::Outbound, Mode::Tunnel, Some(enc), IpAddr::V4(src), IpAddr::V4(dst)) =
-            (self.direction, self.mode, self.encap, self.local, self.endpoint.addr)
+        let (Direction::Outbound, Mode::Tunnel, IpAddr::V4(src), IpAddr::V4(dst)) =
+            (self.direction, self.mode, self.local, self.peer.endpoint.addr)
         else {
             return;
         };
@@ -202,11 +227,13 @@ impl<K: AeadKey> SaRuntime<K> {
             h[6] = (ipv4::FLAG_DF >> 8) as u8;
         }
         h[8] = self.ttl;
-        h[9] = proto::UDP;
+        h[9] = if self.encap.is_some() { proto::UDP } else { proto::ESP };
         h[12..16].copy_from_slice(&src.octets());
         h[16..20].copy_from_slice(&dst.octets());
-        h[20..22].copy_from_slice(&enc.local_port.to_be_bytes());
-        h[22..24].copy_from_slice(&self.endpoint.port.to_be_bytes());
+        if let Some(enc) = self.encap {
+            h[20..22].copy_from_slice(&enc.local_port.to_be_bytes());
+            h[22..24].copy_from_slice(&self.peer.endpoint.port.to_be_bytes());
+        }
         self.outer4_sum = checksum::fold(checksum::sum(&h[..ipv4::HEADER_LEN])).into();
     }
 
@@ -215,10 +242,10 @@ impl<K: AeadKey> SaRuntime<K> {
     /// one, so that replacing settings never reopens a window or reuses an IV. The
     /// windows are swapped, so that neither side allocates or frees here.
     pub fn carry_over(&mut self, old: &mut SaRuntime<K>) {
-        core::mem::swap(&mut self.replay, &mut old.replay);
+        core::mem::swap(&mut self.peer.replay, &mut old.peer.replay);
         self.seq = self.seq.max(old.seq);
         self.seq_reserved = self.seq_reserved.max(old.seq_reserved);
-        self.endpoint = old.endpoint;
+        self.peer.endpoint = old.peer.endpoint;
         self.outer4_build();
         self.expired = old.expired;
         self.soft_fired = old.soft_fired;
@@ -236,7 +263,10 @@ impl<K: AeadKey> SaRuntime<K> {
     }
 
     /// What the checks after the crypto read besides the head: the selector sets (tunnel
-    /// mode), unless the head's `sel4` decides and there are no IPv6 prefixes.
+    /// mode), unless the head's `sel4` decides and there are no IPv6 prefixes; and for an
+    /// outbound SA without an outer header template (`outer4`: IPv6, transport mode),
+    /// the addresses its outer header is written from; our address where it is IPv6. (The
+    /// inbound path's peer line is the store's to ask for with the head: `peer_line`.)
     #[inline]
     pub fn check_spans(&self, f: &mut impl FnMut(*const u8, usize)) {
         if self.sel_sets_hot {
@@ -244,6 +274,20 @@ impl<K: AeadKey> SaRuntime<K> {
                 f(core::ptr::from_ref(s).cast(), core::mem::size_of::<SelectorSet>());
             }
         }
+        let untemplated = self.direction == Direction::Outbound && self.outer4[0] == 0;
+        if untemplated {
+            f(self.peer_line(), core::mem::size_of::<PeerLine>());
+        }
+        if untemplated || self.local_v6 {
+            // (An inbound packet's destination check reads it where it is IPv6.)
+            f(core::ptr::from_ref(&self.local).cast(), core::mem::size_of::<IpAddr>());
+        }
+    }
+
+    /// The start of the line that inbound packets read besides the head (`PeerLine`).
+    #[inline]
+    pub fn peer_line(&self) -> *const u8 {
+        core::ptr::from_ref(&self.peer).cast()
     }
 
     /// What sealing or opening `data_len` bytes reads of the key (`AeadKey::hot_spans`;
@@ -289,6 +333,28 @@ impl<K> SaRuntime<K> {
         if self.sel4_exact { a & self.sel4[1].1 == self.sel4[1].0 } else { self.sel_peer.contains_v4(a) }
     }
 
+    /// Whether `a` is our address on this SA (`local`), reading the head for IPv4.
+    #[inline]
+    pub fn is_local(&self, a: &IpAddr) -> bool {
+        match a {
+            IpAddr::V4(a) => !self.local_v6 && a.to_bits() == self.local4,
+            IpAddr::V6(_) => *a == self.local,
+        }
+    }
+
+    /// Where an outbound packet goes now: from the outer header template where there is
+    /// one (the head), else the peer line.
+    #[inline]
+    pub fn destination(&self) -> Endpoint {
+        let h = &self.outer4;
+        if h[0] == 0 {
+            return self.peer.endpoint;
+        }
+        let addr = IpAddr::from([h[16], h[17], h[18], h[19]]);
+        let port = if self.encap.is_some() { u16::from_be_bytes([h[22], h[23]]) } else { 0 };
+        Endpoint { addr, port }
+    }
+
     /// Whether our traffic selectors cover `a`.
     #[inline]
     pub fn local_has(&self, a: &IpAddr) -> bool {
@@ -317,7 +383,7 @@ impl<K> fmt::Debug for SaRuntime<K> {
         f.debug_struct("SaRuntime")
             .field("spi", &format_args!("0x{:08x}", self.spi))
             .field("direction", &self.direction)
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.peer.endpoint)
             .field("seq", &self.seq)
             .field("expired", &self.expired)
             .finish_non_exhaustive()
@@ -331,13 +397,16 @@ mod tests {
     use core::mem::{offset_of, size_of};
 
     #[test]
-    fn what_every_packet_reads_is_the_head() {
+    fn what_every_packet_reads_is_the_head_and_inbound_ones_the_peer_line() {
         type Rt = SaRuntime<RingKey>;
         let head = Rt::HEAD_LEN;
+        // All that an outbound packet of the common case reads (tunnel mode over IPv4,
+        // the outer headers from the template), and what inbound ones read besides the
+        // peer line.
         for (what, end) in [
             ("flags", offset_of!(Rt, expired) + 1),
-            ("replay window", offset_of!(Rt, replay) + size_of::<ReplayWindow>()),
-            ("endpoint", offset_of!(Rt, endpoint) + size_of::<Endpoint>()),
+            ("encapsulation", offset_of!(Rt, encap) + size_of::<Option<Encap>>()),
+            ("our IPv4 address", offset_of!(Rt, local4) + 4),
             ("sequence numbers", offset_of!(Rt, seq_reserved) + 8),
             ("IPv4 selectors", offset_of!(Rt, sel4) + 16),
             ("lifetime thresholds", offset_of!(Rt, next_limit_bytes) + 8),
@@ -348,15 +417,59 @@ mod tests {
         }
         assert_eq!(offset_of!(SaStats, packets), 0);
         assert_eq!(offset_of!(SaStats, bytes), 8);
-        assert!(head <= 3 * 64, "the head is {head} bytes, more than three cache lines");
-        // Each direction's fields need all three lines only because the other's share them.
+        assert!(head <= 2 * 64, "the head is {head} bytes, more than two cache lines");
+        // The peer line: one line of its own, past the head.
+        let peer = offset_of!(Rt, peer);
+        assert!(peer >= head && peer % 64 == 0, "the peer line at {peer}");
+        assert_eq!(size_of::<PeerLine>(), 64);
         for (what, at) in [
+            ("our address", offset_of!(Rt, local)),
             ("key fingerprint", offset_of!(Rt, key_fp)),
             ("selectors", offset_of!(Rt, sel_local)),
             ("key", offset_of!(Rt, key)),
             ("lifetimes", offset_of!(Rt, lifetime)),
         ] {
             assert!(at >= head, "{what} at {at}, inside the head");
+        }
+    }
+
+    /// The destination read from the template is the endpoint, for every kind of SA, and
+    /// follows NAT changes; the destination check of `is_local` is `local`'s.
+    #[test]
+    fn the_template_tells_the_destination_and_the_head_our_address() {
+        use crate::crypto::Ring;
+        for (local, peer, encap) in [
+            ("203.0.113.1", "198.51.100.7", true),
+            ("203.0.113.1", "198.51.100.7", false),
+            ("2001:db8::1", "2001:db8::2", true),
+        ] {
+            let mut sa = serde_json::json!({
+                "name": "a", "spi": 4096, "direction": "outbound", "mode": "tunnel", "algorithm": "aes128-gcm",
+                "key": "00112233445566778899aabbccddeeff", "salt": "01020304", "local": local, "peer": peer,
+                "selectors": {"local": ["0.0.0.0/0"], "peer": ["10.0.0.2/32"]},
+            });
+            sa["encap"] = if encap {
+                serde_json::json!({"local_port": 4500, "peer_port": 4500})
+            } else {
+                serde_json::Value::Null
+            };
+            let p = crate::sa::config::parse_sa(&sa).expect("valid SA");
+            let mut rt = SaRuntime::new::<Ring>(&p).expect("key");
+            assert_eq!(rt.outer4[0] == 0x45, !local.contains(':'), "{local} {encap}");
+            assert_eq!(rt.destination(), rt.peer.endpoint, "{local} {encap}");
+            let moved = Endpoint {
+                addr: if local.contains(':') { "2001:db8::9".parse().unwrap() } else { "192.0.2.9".parse().unwrap() },
+                port: 31000,
+            };
+            assert!(rt.follow_nat(moved));
+            let want = Endpoint { addr: moved.addr, port: if encap { 31000 } else { 0 } };
+            assert_eq!((rt.destination(), rt.peer.endpoint), (want, want), "{local} {encap}");
+            let ours: IpAddr = local.parse().unwrap();
+            assert!(rt.is_local(&ours));
+            for other in ["203.0.113.2", "0.0.0.0", "2001:db8::1", "::ffff:203.0.113.1", "198.51.100.7"] {
+                let a: IpAddr = other.parse().unwrap();
+                assert_eq!(rt.is_local(&a), a == ours, "{local} against {other}");
+            }
         }
     }
 
@@ -396,6 +509,28 @@ mod tests {
             rt.hot_spans(64, &mut |at, len| spans.push((at as usize - base, len)));
             let want: Vec<_> = if named { sets.into_iter().chain([key]).collect() } else { vec![key] };
             assert_eq!(spans, want, "{mode} {local:?} {peer:?}");
+        }
+        // Outbound SAs without a template write their outer headers from `local` and the
+        // peer line; with one (tunnel mode over IPv4), neither.
+        let peer_line = (offset_of!(Rt, peer), size_of::<PeerLine>());
+        let ours = (offset_of!(Rt, local), size_of::<IpAddr>());
+        for (mode, local, peer, want) in [
+            ("tunnel", "203.0.113.1", "198.51.100.7", vec![key]),
+            ("tunnel", "2001:db8::1", "2001:db8::2", vec![peer_line, ours, key]),
+            ("transport", "203.0.113.1", "198.51.100.7", vec![peer_line, ours, key]),
+        ] {
+            let mut sa = serde_json::json!({
+                "name": "a", "spi": 4096, "direction": "outbound", "mode": mode, "algorithm": "aes128-gcm",
+                "key": "00112233445566778899aabbccddeeff", "salt": "01020304", "local": local, "peer": peer,
+            });
+            if mode == "tunnel" {
+                sa["selectors"] = serde_json::json!({"local": ["10.0.0.0/8"], "peer": ["192.168.1.2/32"]});
+            }
+            let rt = SaRuntime::new::<Ring>(&crate::sa::config::parse_sa(&sa).expect("valid SA")).expect("key");
+            let base = core::ptr::from_ref(&rt) as usize;
+            let mut spans = Vec::new();
+            rt.hot_spans(64, &mut |at, len| spans.push((at as usize - base, len)));
+            assert_eq!(spans, want, "outbound {mode} {local}");
         }
     }
 
