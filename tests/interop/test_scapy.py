@@ -97,6 +97,13 @@ def test_we_encrypt_scapy_decrypts(c, tmp_path):
         seq = first + k
         outer = frame[IP] if c.outer == 4 else frame[IPv6]
         assert (outer.src, outer.dst) == (c.o["headend"], c.o["client"])
+        if c.outer == 4:
+            # The outer IPv4 header (written from the SA's template in tunnel mode, with
+            # or without UDP): its checksum is the one scapy computes, its protocol ours.
+            assert outer.proto == (17 if c.encap else 50)
+            again = outer.copy()
+            del again.chksum
+            assert IP(raw(again)).chksum == outer.chksum, f"{c}: outer IPv4 header checksum"
         if c.encap:
             assert (frame[UDP].sport, frame[UDP].dport) == (4500, 4500)
             if c.outer == 4:
