@@ -671,16 +671,20 @@ mod tests {
     use crate::sa::config::parse_sa;
     use crate::{Engine, crypto::Ring};
 
-    /// An engine with one tunnel-mode outbound SA over IPv4 in UDP, with its header
-    /// template, or with the template cleared (so the general code writes the headers).
-    fn engine(df: &str, offload: bool, template: bool) -> Engine {
-        let sa = serde_json::json!({
+    /// An engine with one tunnel-mode outbound SA over IPv4, in UDP or plain ESP, with
+    /// its header template, or with the template cleared (so the general code writes the
+    /// headers).
+    fn engine(df: &str, offload: bool, template: bool, udp: bool) -> Engine {
+        let mut sa = serde_json::json!({
             "name": "out", "spi": 0x2001, "direction": "outbound", "mode": "tunnel", "algorithm": "aes128-gcm",
             "key": "00112233445566778899aabbccddeeff", "salt": "01020304",
             "local": "203.0.113.1", "peer": "198.51.100.7", "encap": {"local_port": 4500, "peer_port": 31000},
             "ttl": 61, "df": df,
             "selectors": {"local": ["10.0.0.0/16"], "peer": ["10.8.0.2/32"]},
         });
+        if !udp {
+            sa["encap"] = serde_json::Value::Null;
+        }
         let cfg = EngineConfig {
             tx_checksum: TxChecksumOffload { ipv4_header: offload, udp: false },
             ..EngineConfig::default()
@@ -688,7 +692,7 @@ mod tests {
         let mut e = Engine::<Ring>::with_sas(cfg, [parse_sa(&sa).expect("valid SA")]).expect("installs");
         let slot = e.store().outbound_slot(0x2001).expect("installed");
         let rt = &mut e.store_mut().get_mut(slot).expect("installed").rt;
-        assert_eq!(rt.outer4[0], 0x45, "an IPv4 tunnel in UDP has a template");
+        assert_eq!(rt.outer4[0], 0x45, "an IPv4 tunnel has a template");
         if !template {
             rt.outer4 = [0; OUTER4_LEN];
         }
@@ -718,43 +722,57 @@ mod tests {
     #[test]
     fn the_header_template_writes_what_the_general_code_writes() {
         let mut seen = 0;
-        for df in ["copy", "set", "clear"] {
-            for offload in [false, true] {
-                let (mut fast, mut slow) = (engine(df, offload, true), engine(df, offload, false));
-                for (tos, inner_df, len) in [(0, true, 64), (0xb8, false, 64), (3, true, 1400), (0x2e, false, 333)] {
-                    let f = inner(tos, inner_df, len);
-                    let (a, ra) = encap(&mut fast, &f);
-                    let (b, rb) = encap(&mut slow, &f);
-                    assert_eq!(ra.verdict, OutVerdict::Encapsulated);
-                    assert_eq!(
-                        (hex(&a), ra),
-                        (hex(&b), rb),
-                        "df {df}, offload {offload}, tos {tos}, inner DF {inner_df}"
-                    );
-                    let ip = &a[14..34];
-                    assert_eq!(ip[6] & 0x40 != 0, df == "set" || (df == "copy" && inner_df), "DF");
-                    assert_eq!((ip[1], ip[8], ip[9]), (tos, 61, 17));
-                    assert_eq!(checksum::checksum(ip) == 0, !offload, "the checksum, or zero for the NIC");
+        for (df, offload, udp) in every_kind() {
+            let (mut fast, mut slow) = (engine(df, offload, true, udp), engine(df, offload, false, udp));
+            for (tos, inner_df, len) in [(0, true, 64), (0xb8, false, 64), (3, true, 1400), (0x2e, false, 333)] {
+                let f = inner(tos, inner_df, len);
+                let (a, ra) = encap(&mut fast, &f);
+                let (b, rb) = encap(&mut slow, &f);
+                assert_eq!(ra.verdict, OutVerdict::Encapsulated);
+                assert_eq!(
+                    (hex(&a), ra),
+                    (hex(&b), rb),
+                    "df {df}, offload {offload}, udp {udp}, tos {tos}, inner DF {inner_df}"
+                );
+                let ip = &a[14..34];
+                assert_eq!(ip[6] & 0x40 != 0, df == "set" || (df == "copy" && inner_df), "DF");
+                assert_eq!((ip[1], ip[8], ip[9]), (tos, 61, if udp { 17 } else { 50 }));
+                assert_eq!(checksum::checksum(ip) == 0, !offload, "the checksum, or zero for the NIC");
+                let esp_at = if udp {
                     assert_eq!(&a[34..38], &[0x11, 0x94, 0x79, 0x18], "ports 4500 to 31000");
-                    seen += 1;
+                    42
+                } else {
+                    34
+                };
+                assert_eq!(&a[esp_at..esp_at + 4], &0x2001u32.to_be_bytes(), "the SPI right after");
+                seen += 1;
+            }
+            // The peer's NAT mapping moves: both send to the new endpoint.
+            let to = Endpoint { addr: "192.0.2.77".parse().unwrap(), port: 40000 };
+            for (e, template) in [(&mut fast, true), (&mut slow, false)] {
+                let slot = e.store().outbound_slot(0x2001).unwrap();
+                let rt = &mut e.store_mut().get_mut(slot).unwrap().rt;
+                assert!(rt.follow_nat(to));
+                if !template {
+                    rt.outer4 = [0; OUTER4_LEN];
                 }
-                // The peer's NAT mapping moves: both send to the new endpoint.
-                let to = Endpoint { addr: "192.0.2.77".parse().unwrap(), port: 40000 };
-                for (e, template) in [(&mut fast, true), (&mut slow, false)] {
-                    let slot = e.store().outbound_slot(0x2001).unwrap();
-                    let rt = &mut e.store_mut().get_mut(slot).unwrap().rt;
-                    assert!(rt.follow_nat(to));
-                    if !template {
-                        rt.outer4 = [0; OUTER4_LEN];
-                    }
-                }
-                let f = inner(0, true, 100);
-                let ((a, ra), (b, rb)) = (encap(&mut fast, &f), encap(&mut slow, &f));
-                assert_eq!((hex(&a), ra), (hex(&b), rb), "after the NAT moved");
-                assert_eq!((&a[30..34], &a[36..38]), (&[192u8, 0, 2, 77][..], &40000u16.to_be_bytes()[..]));
+            }
+            let f = inner(0, true, 100);
+            let ((a, ra), (b, rb)) = (encap(&mut fast, &f), encap(&mut slow, &f));
+            assert_eq!((hex(&a), ra), (hex(&b), rb), "after the NAT moved");
+            assert_eq!(&a[30..34], &[192u8, 0, 2, 77]);
+            if udp {
+                assert_eq!(&a[36..38], &40000u16.to_be_bytes());
             }
         }
-        assert_eq!(seen, 24);
+        assert_eq!(seen, 48);
+    }
+
+    /// Every DF policy, with and without checksum offload, in UDP and plain ESP.
+    fn every_kind() -> impl Iterator<Item = (&'static str, bool, bool)> {
+        ["copy", "set", "clear"]
+            .into_iter()
+            .flat_map(|df| [false, true].into_iter().flat_map(move |o| [true, false].map(move |u| (df, o, u))))
     }
 
     fn hex(b: &[u8]) -> String {
