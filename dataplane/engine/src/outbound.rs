@@ -511,7 +511,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let esp_at = (m.esp_at - m.l2_at) as usize;
         let l3_end = if sa.encap.is_some() { esp_at - udp::HEADER_LEN } else { esp_at };
         let len = f.len();
-        if sa.outer4[0] == 0x45 {
+        if sa.templated() {
             // Tunnel mode over IPv4: the SA's template (IPv4 with its checksum field zero,
             // then UDP if the SA encapsulates), with what differs per packet filled in and
             // added to the template's sum.

@@ -274,7 +274,7 @@ impl<K: AeadKey> SaRuntime<K> {
                 f(core::ptr::from_ref(s).cast(), core::mem::size_of::<SelectorSet>());
             }
         }
-        let untemplated = self.direction == Direction::Outbound && self.outer4[0] == 0;
+        let untemplated = self.direction == Direction::Outbound && !self.templated();
         if untemplated {
             f(self.peer_line(), core::mem::size_of::<PeerLine>());
         }
@@ -342,14 +342,21 @@ impl<K> SaRuntime<K> {
         }
     }
 
+    /// Whether the outer headers come from the template (`outer4`; `outer4_build` leaves
+    /// it all zero where they do not).
+    #[inline]
+    pub(crate) fn templated(&self) -> bool {
+        self.outer4[0] == 0x45
+    }
+
     /// Where an outbound packet goes now: from the outer header template where there is
     /// one (the head), else the peer line.
     #[inline]
     pub fn destination(&self) -> Endpoint {
-        let h = &self.outer4;
-        if h[0] == 0 {
+        if !self.templated() {
             return self.peer.endpoint;
         }
+        let h = &self.outer4;
         let addr = IpAddr::from([h[16], h[17], h[18], h[19]]);
         let port = if self.encap.is_some() { u16::from_be_bytes([h[22], h[23]]) } else { 0 };
         Endpoint { addr, port }
