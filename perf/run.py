@@ -40,7 +40,7 @@ With --crypto-compare it measures the crypto libraries against each other the sa
 With --breakdown it measures where the time of many SAs goes, in four steps that add one
 thing at a time (see `breakdown`): 1,000 SAs looped in 1,024 packets; the same SAs in a
 loop of N packets (the traffic source); N SAs in the table (the table); the loop going
-round all N (the SA state). Alternating, --rounds each, N the first --sas count (default
+round all N (the SA state). Alternating, --rounds each, N the --sas count (one; default
 100,000).
 
     sudo .venv/bin/python perf/run.py --breakdown --rounds 3 --sizes 64,1420
@@ -267,10 +267,25 @@ class Lab:
         return {j["inner_size"]: j for j in map(json.loads, out.splitlines())}
 
 
+SAS_DEFAULT = "1,1000,100000"
+
+
+def one_sa_count(args, default):
+    """The SA count of the modes that measure one at a time (--stats-cost, --compare and
+    --crypto-compare: default 1; --breakdown: default 100,000): --sas if given. A list is
+    an error, not its first count taken silently."""
+    if args.sas == SAS_DEFAULT:
+        return default
+    if "," in args.sas:
+        sys.exit(f"--sas {args.sas}: this mode measures one SA count per run; give one "
+                 f"(--sas {args.sas.split(',')[0]}) and run again for each of the others")
+    return int(args.sas)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="64,512,1420")
-    ap.add_argument("--sas", default="1,1000,100000")
+    ap.add_argument("--sas", default=SAS_DEFAULT)
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="64 and 1420 bytes, 1 and 1000 SAs, 5 s")
     ap.add_argument("--work", default="/tmp/natt-perf")
@@ -291,12 +306,15 @@ def main():
         args.sizes, args.sas, args.seconds = "64,1420", "1,1000", 5
     sizes = [int(s) for s in args.sizes.split(",")]
     sa_counts = [int(s) for s in args.sas.split(",")]
+    one_mode = args.stats_cost or args.compare or args.crypto_compare or args.breakdown
+    if one_mode:
+        args.sa_count = one_sa_count(args, 100000 if args.breakdown else 1)
     if os.geteuid() != 0:
         sys.exit("run as root (DPDK needs hugepages and raw devices)")
     sh(["cargo", "build", "--release", "-q", "-p", "natt-dataplane", "-p", "natt-control", "-p", "natt-pcap",
         "-p", "natt-ringbench"], cwd=ROOT)
     lab = Lab(args)
-    if args.stats_cost or args.compare or args.crypto_compare or args.breakdown:
+    if one_mode:
         run = (stats_cost if args.stats_cost else compare if args.compare else crypto_compare if args.crypto_compare
                else breakdown)
         return run(lab, args, sizes if args.sizes != "64,512,1420" else [64, 1420])
@@ -374,10 +392,10 @@ def crypto_compare(lab, args, sizes):
 
 def alternate(lab, args, sizes, variants, a, b):
     """Run variants `a` and `b` (name: (binary dir or None, extra dataplane arguments)) in
-    turn, --rounds each, encapsulation and decapsulation (anti-replay off; 1 SA, or the
-    first --sas count if given) at each size; `a` relative to `b` from the medians, and the median of the ratios of runs
+    turn, --rounds each, encapsulation and decapsulation (anti-replay off; `args.sa_count`
+    SAs, see `one_sa_count`) at each size; `a` relative to `b` from the medians, and the median of the ratios of runs
     that ran back to back (which cancels most of the drift of a shared machine)."""
-    n = int(args.sas.split(",")[0]) if args.sas != "1,1000,100000" else 1
+    n = args.sa_count
     dut_off, _, mirror = configs(n)
     write_mirror(lab.work, n, mirror)
     # Each build gets a table made by its own natt-control (the shared-memory layout may
@@ -419,7 +437,7 @@ BREAKDOWN_STEPS = ("few", "long loop", "big table", "all")
 
 
 def breakdown(lab, args, sizes):
-    """Where the time of many SAs goes. For N SAs (the first --sas count, default
+    """Where the time of many SAs goes. For N SAs (`args.sa_count`: --sas, default
     100,000), four setups that add one thing at a time, run in turn (the order reversed
     every other round), --rounds each, encapsulation and decapsulation (anti-replay off):
       few        1,000 SAs, a loop of 1,024 packets (the matrix's 1,000-SA row);
@@ -431,7 +449,7 @@ def breakdown(lab, args, sizes):
                  packet's SA state far from the CPU too.
     testpmd io-forward on the loops of "few" and "long loop" (what the longer loop costs
     the ports alone)."""
-    n = int(args.sas.split(",")[0]) if args.sas != "1,1000,100000" else 100000
+    n = args.sa_count
     few = min(1000, n)
     for m in sorted({few, n}):
         dut_off, _, mirror = configs(m)
