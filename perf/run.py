@@ -2,7 +2,7 @@
 """The dataplane perf lab: decap and encap Mpps per worker core on virtual ports, next to
 testpmd io-forward on the same ports and raw `ring` and intel-ipsec-mb seal/open, all in one run.
 
-    sudo .venv/bin/python perf/run.py                  # full matrix, about 6 minutes
+    sudo .venv/bin/python perf/run.py                  # full matrix, about 7 minutes
     sudo .venv/bin/python perf/run.py --quick          # 64 and 1420 bytes, 1 and 1000 SAs
     options: --sizes 64,512,1420 --sas 1,1000,100000 --seconds 6 --out perf/results/dataplane.json
     NATT_BIN_DIR=DIR runs the binaries in DIR (another build, for an A/B comparison)
