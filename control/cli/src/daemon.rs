@@ -31,6 +31,15 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// Write `v` and a newline in one write: `writeln!` on the unbuffered socket wrote each
+/// token of the JSON on its own (a syscall and a wake-up of the other side each, 0.3 ms
+/// for the reply to a `show`).
+fn send_line(s: &mut UnixStream, v: &Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    s.write_all(&line)
+}
+
 /// Serve one connection: newline-delimited JSON requests, one response each.
 fn serve(conn: UnixStream, jobs: &Sender<Job>) {
     let Ok(mut out) = conn.try_clone() else { return };
@@ -39,7 +48,7 @@ fn serve(conn: UnixStream, jobs: &Sender<Job>) {
         let Ok(line) = line else { return };
         // A request is one line of JSON; anything larger than a configuration is refused.
         if line.len() > 64 << 20 {
-            let _ = writeln!(out, "{}", json!({"ok": false, "error": "request too large"}));
+            let _ = send_line(&mut out, &json!({"ok": false, "error": "request too large"}));
             return;
         }
         let reply = match serde_json::from_str::<Value>(&line) {
@@ -52,7 +61,7 @@ fn serve(conn: UnixStream, jobs: &Sender<Job>) {
             }
             Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
         };
-        if writeln!(out, "{reply}").is_err() {
+        if send_line(&mut out, &reply).is_err() {
             return;
         }
     }
@@ -163,7 +172,7 @@ pub fn run(mut w: Writer, opts: Options) -> Result<(), String> {
 pub fn ask(socket: &Path, req: &Value) -> Option<Result<Value, (String, bool)>> {
     let mut conn = UnixStream::connect(socket).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    writeln!(conn, "{req}").ok()?;
+    send_line(&mut conn, req).ok()?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line).ok()?;
     let v: Value = serde_json::from_str(&line).ok()?;

@@ -283,15 +283,16 @@ fn check_segments(sh: &setup::Shared, args: &Args, seen: &mut [bool; 2]) {
     }
 }
 
-/// The SA builder's thread: build what the table's journal names, sleep when there is
-/// nothing to build (or a worker's lane is full), until stopped.
+/// The SA builder's thread: build what the table's journal names and free what workers
+/// hand back, sleep when there is nothing to do (or a worker's lane is full), until
+/// stopped.
 fn build_sas(sh: &setup::Shared) -> natt_dataplane::prepare::BuilderCounters {
     pin_monitor(sh);
     let mut b =
         natt_dataplane::prepare::Builder::<natt_dataplane::crypto::Crypto>::new(&sh.reader, &sh.owners, &sh.lanes);
     let started = Instant::now();
     while !sh.stop.load(Ordering::SeqCst) {
-        if b.step(256) == 0 && !b.can_proceed() {
+        if b.step(256) == 0 && !b.can_proceed() && !b.has_spent() {
             if !sh.builder_ready.swap(true, Ordering::SeqCst) {
                 println!(
                     "natt-dataplane: SA builder: {} SA states prepared in {} ms{}",

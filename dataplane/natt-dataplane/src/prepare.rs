@@ -156,6 +156,14 @@ impl<'a, B: Backend> Builder<'a, B> {
         built
     }
 
+    /// Whether a worker has handed back states not yet freed. The builder's thread does
+    /// not sleep while one has: a worker that meets a burst of stale states (a table
+    /// changing fast while a large one was scanned) hands them back faster than a
+    /// sleeping builder frees them, and frees them itself when the lane is full.
+    pub fn has_spent(&self) -> bool {
+        self.lanes.spent.iter().any(|q| !q.is_empty())
+    }
+
     /// Whether every record seen so far has been handed on.
     pub fn idle(&self) -> bool {
         self.stalled.is_none() && !self.records_ahead()

@@ -159,9 +159,23 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     }
 
     /// Take up what the builder made for this worker, `at_most` states (the loop takes
-    /// `TAKE_PER_LOOP`; a worker about to start polling takes all there is).
+    /// `TAKE_PER_LOOP`).
     #[inline]
     pub fn take_prepared(&mut self, at_most: usize) {
+        self.take(at_most, None);
+    }
+
+    /// Before the first poll: take up every state the builder has made for this worker.
+    /// What goes back (states of records replaced while the builder scanned the table:
+    /// thousands when a large table changes fast) waits for room in the lane, up to
+    /// `patience` in all, rather than being freed here: nothing is polled yet, and the
+    /// builder frees the lane as fast as it fills.
+    pub fn take_all_prepared(&mut self, patience: std::time::Duration) {
+        self.take(usize::MAX, Some(std::time::Instant::now() + patience));
+    }
+
+    #[inline]
+    fn take(&mut self, at_most: usize, wait_until: Option<std::time::Instant>) {
         let Some(lane) = self.lanes.ready.get(self.me).filter(|l| !l.is_empty()) else { return };
         for _ in 0..at_most {
             let Some(b) = lane.pop() else { return };
@@ -169,10 +183,10 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             let current = self.cache.get(slot).is_some_and(|c| c.as_ref().is_some_and(|c| c.uid == b.uid));
             if current || slot >= self.prepared.len() {
                 // Built here already (its first packet came first), or nonsense.
-                self.give_back(b);
+                self.hand_back(b, wait_until);
             } else if let Some(old) = self.prepared[slot].replace(b) {
                 // A record that had left the slot before its first packet.
-                self.give_back(old);
+                self.hand_back(old, wait_until);
             }
         }
     }
@@ -180,10 +194,25 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// Hand a state to the builder to free; free it here only if its lane is full.
     #[inline]
     fn give_back(&mut self, b: Box<Built<B::Key>>) {
-        if let Some(Err(b)) = self.lanes.spent.get(self.me).map(|q| q.push(b)) {
-            self.counters.freed_here += 1;
-            drop(b);
+        self.hand_back(b, None);
+    }
+
+    /// `give_back`, waiting for room in the lane until `wait_until` (never on the loop).
+    #[inline]
+    fn hand_back(&mut self, mut b: Box<Built<B::Key>>, wait_until: Option<std::time::Instant>) {
+        let Some(lane) = self.lanes.spent.get(self.me) else { return };
+        loop {
+            match lane.push(b) {
+                Ok(()) => return,
+                Err(back) => b = back,
+            }
+            match wait_until {
+                Some(t) if std::time::Instant::now() < t => std::thread::yield_now(),
+                _ => break,
+            }
         }
+        self.counters.freed_here += 1;
+        drop(b);
     }
 
     /// The outbound SA for `dst` under the current snapshot: its slot and SPI (whose

@@ -103,7 +103,7 @@ pub fn run(sh: &Shared, me: usize) -> i32 {
     sh.dp.register_worker(me, lcore, || sh.reader.snapshot().generation);
     let mut store = ShmStore::new(&sh.reader, &sh.owners, me, sh.dp.reservations(), &sh.inboxes, &sh.lanes);
     // Before the first poll: every state the builder made for us so far.
-    store.take_prepared(usize::MAX);
+    store.take_all_prepared(std::time::Duration::from_secs(2));
     let mut w = Worker {
         sh,
         me,

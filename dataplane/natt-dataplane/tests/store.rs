@@ -470,8 +470,10 @@ fn the_builder_makes_each_workers_sas_off_its_core_and_frees_what_it_gives_back(
     assert_eq!((e.rt.ttl, e.rt.seq), (40, 777));
     assert_eq!((s.counters.built_here, s.counters.freed_here), (0, 0));
     assert_eq!(builder.counters.freed, 0);
+    assert!(builder.has_spent() && !builder.can_proceed(), "nothing to build, one state to free: no sleep");
     builder.step(64);
     assert_eq!(builder.counters.freed, 1, "the replaced state, freed by the builder");
+    assert!(!builder.has_spent());
 }
 
 #[test]
@@ -535,6 +537,63 @@ fn a_full_lane_holds_the_builder_back_without_losing_a_state() {
         assert!(s.inbound(spi).is_ok(), "SPI {spi:x}");
     }
     assert_eq!((builder.counters.built, s.counters.loads, s.counters.built_here), (5, 5, 0));
+}
+
+#[test]
+fn before_the_first_poll_what_goes_back_waits_for_the_builder_not_freed_on_the_worker() {
+    // States a worker hands back in a burst (here: built by itself before the builder's
+    // arrived, as when a large table changed fast during the builder's scan) overflow a
+    // short return lane. In the loop it frees the rest itself and counts them; before its
+    // first poll it waits for the builder to free them, for as long as it is told to.
+    let t = Tmp::new("spent");
+    let owners = Owners::new(1);
+    let spis: Vec<u32> = (0x7000..0x7008).collect();
+    let mut w = Writer::create(&t.0, "t", 64).unwrap();
+    let mut b = w.batch();
+    for &s in &spis {
+        b.add(&sa(s, "inbound", 0, 0)).unwrap();
+    }
+    b.commit().unwrap();
+    let mut env = Env::new(&t, &owners, 64);
+    env.lanes = Lanes::with_depths(1, 64, 2);
+    let n = spis.len() as u64;
+    // (builder running beside, patience in ms or none: the loop's way) -> freed here
+    for (beside, patience, freed_here) in [(false, None, n - 2), (false, Some(20), n - 2), (true, Some(30_000), 0)] {
+        let mut builder = env.builder();
+        build_all(&mut builder);
+        assert_eq!(env.lanes.waiting(0), spis.len());
+        let mut s = env.store(0);
+        s.refresh();
+        for &spi in &spis {
+            s.inbound(spi).unwrap();
+        }
+        assert_eq!(s.counters.built_here, n, "every state built here first");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let started = std::time::Instant::now();
+        std::thread::scope(|sc| {
+            if beside {
+                sc.spawn(|| {
+                    while !stop.load(Relaxed) {
+                        builder.step(16);
+                        std::thread::yield_now();
+                    }
+                });
+            }
+            match patience {
+                Some(ms) => s.take_all_prepared(std::time::Duration::from_millis(ms)),
+                None => s.take_prepared(usize::MAX),
+            }
+            stop.store(true, Relaxed);
+        });
+        assert_eq!(env.lanes.waiting(0), 0);
+        assert_eq!(s.counters.freed_here, freed_here, "beside {beside}, patience {patience:?}");
+        if patience == Some(20) {
+            assert!(started.elapsed() >= std::time::Duration::from_millis(20), "it waited before freeing");
+        }
+        // The builder frees what is still in the lane.
+        builder.step(16);
+        assert!(!builder.has_spent());
+    }
 }
 
 #[test]
