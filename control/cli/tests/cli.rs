@@ -203,6 +203,71 @@ fn rekey_is_make_before_break() {
 }
 
 #[test]
+fn the_daemons_socket_answers_each_line_of_json_with_one_line_written_at_once() {
+    // The protocol an IKE daemon's helper speaks (README, "The daemon's socket"): one
+    // request per line, one answer per line, in order; each answer in one write, so
+    // that one read takes all of it (answers written token by token cost a system call
+    // and a wake-up of the client per token).
+    use std::io::{BufRead, BufReader, Read, Write};
+    let e = Env::new();
+    let _d = e.daemon();
+    let mut c = std::os::unix::net::UnixStream::connect(e.dir.path().join("state").join("t.sock")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let text = serde_json::to_string(&config(&[(1, 1)])).unwrap();
+    writeln!(c, "{}", json!({"op": "apply", "file": "a.json", "text": text, "grace_ns": 0})).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let n = c.read(&mut buf).unwrap();
+    assert!(n > 0 && buf[n - 1] == b'\n', "one read, one whole answer: {:?}", String::from_utf8_lossy(&buf[..n]));
+    let v: Value = serde_json::from_slice(&buf[..n]).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), names(&v["result"]["added"])),
+        (Some(true), vec!["c1-in".to_owned(), "c1-out".to_owned()])
+    );
+    for _ in 0..20 {
+        writeln!(c, "{}", json!({"op": "show", "spi": 0x1001, "direction": "in"})).unwrap();
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0 && buf[n - 1] == b'\n', "one read, one whole answer: {:?}", String::from_utf8_lossy(&buf[..n]));
+        assert_eq!(serde_json::from_slice::<Value>(&buf[..n]).unwrap()["result"]["name"], "c1-in");
+    }
+
+    // Several requests in one write: the answers come back in order.
+    let mut new_in = sa("c1-in-2", 0x1101, "inbound", 1, 7);
+    new_in["paired_spi"] = 0x2101.into();
+    let new = json!({"sas": [new_in, sa("c1-out-2", 0x2101, "outbound", 1, 8)]}).to_string();
+    let reqs = [
+        json!({"op": "rekey", "old_in": 0x1001, "old_out": "0x00002001", "file": "new.json", "text": new, "grace_ns": 0}),
+        json!({"op": "show", "spi": "0x00002101", "direction": "out"}),
+        json!({"op": "del", "spi": 0x4242}),
+        json!({"op": "no-such-request"}),
+    ];
+    let mut batch = String::new();
+    for r in &reqs {
+        batch += &format!("{r}\n");
+    }
+    batch += "not json\n";
+    c.write_all(batch.as_bytes()).unwrap();
+    let mut lines = BufReader::new(&c).lines();
+    let mut next = || serde_json::from_str::<Value>(&lines.next().unwrap().unwrap()).unwrap();
+    let rekey = next();
+    assert_eq!(rekey["ok"], true, "{rekey}");
+    assert_eq!(
+        (names(&rekey["result"]["added"]), names(&rekey["result"]["removed"])),
+        (vec!["c1-in-2".to_owned(), "c1-out-2".to_owned()], vec!["c1-out".to_owned(), "c1-in".to_owned()])
+    );
+    let show = next();
+    assert_eq!((show["ok"].as_bool(), show["result"]["name"].as_str()), (Some(true), Some("c1-out-2")), "{show}");
+    assert!(show.to_string().find(&key(8)[..16]).is_none(), "no key in an answer");
+    let del = next();
+    assert_eq!((del["ok"].as_bool(), del["usage"].as_bool()), (Some(false), Some(true)), "{del}");
+    assert!(del["error"].as_str().unwrap().contains("no SA with SPI 0x00004242 is installed"));
+    let bogus = next();
+    assert!(bogus["error"].as_str().unwrap().contains("unknown request \"no-such-request\""), "{bogus}");
+    let malformed = next();
+    assert!(malformed["error"].as_str().unwrap().starts_with("malformed request"), "{malformed}");
+    assert_eq!(visible_names(&e), ["c1-in-2", "c1-out-2"]);
+}
+
+#[test]
 fn errors_name_the_problem_and_change_nothing() {
     let e = Env::new();
     e.json(&["apply", &e.file("a.json", &config(&[(1, 1)]))]);
