@@ -12,8 +12,10 @@
 #  3. It runs again for NATT_DEMO_SECONDS (default 5) on a looped capture of replies
 #     (net_pcap infinite_rx into the protected port, the public port to net_null), while
 #     `natt-control stats --watch` shows rates as testpmd does, one SA's counters are
-#     asked of the worker that owns it, and GET /metrics is scraped; then it stops as on
-#     Ctrl-C.
+#     asked of the worker that owns it, GET /metrics is scraped, and alice is rekeyed
+#     make-before-break while her replies flow (new SPIs and keys through the daemon's
+#     socket; her new outbound SA carries them from then on, no restart); then it stops
+#     as on Ctrl-C.
 #  4. The events the dataplane reported (the NAT rebinding) are shown, and tshark
 #     summarises what left.
 #
@@ -65,7 +67,7 @@ step "natt-dataplane: $SECS s of looped replies; natt-control stats --watch"
 "$DP" "${EAL[@]}" \
     --vdev "net_null0,no-rx=1" \
     --vdev "net_pcap1,rx_pcap=samples/load.pcap,tx_pcap=/dev/null,infinite_rx=1" \
-    -- "${APP[@]}" --duration "$SECS" >"$OUT/dataplane-load.log" &
+    -- "${APP[@]}" --duration "$(( SECS + 2 ))" >"$OUT/dataplane-load.log" &
 DP_PID=$!
 sleep 1
 "${C[@]}" stats --watch --interval 1 &
@@ -85,6 +87,21 @@ for line in text.splitlines():
     if line.startswith(("natt_up", "natt_encap_packets_total", "natt_latency_seconds{", 'natt_drops_total{worker="0",reason="no_outbound_sa"}')):
         print(line)
 PY
+
+step "natt-control rekey --in 0x00001001 --out 0x00002001 (alice, while her replies flow)"
+python3 - "$OUT/alice-rekey.json" <<'PY'
+import json, os, sys
+sas = {s["name"]: s for s in json.load(open("samples/headend.json"))["sas"]}
+new_in = dict(sas["alice-in"], name="alice-in-2", spi="0x00001101", paired_spi="0x00002101",
+              key=os.urandom(16).hex(), salt=os.urandom(4).hex())
+new_out = dict(sas["alice-out"], name="alice-out-2", spi="0x00002101", key=os.urandom(16).hex(),
+               salt=os.urandom(4).hex())
+json.dump({"version": 1, "sas": [new_in, new_out]}, open(sys.argv[1], "w"), indent=1)
+PY
+"${C[@]}" rekey --in 0x00001001 --out 0x00002001 "$OUT/alice-rekey.json" --grace 10
+sleep 1
+step "natt-control stats --sa 0x2101 (alice's new outbound SA, a second after the rekey)"
+"${C[@]}" stats --sa 0x2101 --direction out
 wait $DP_PID
 
 step "natt-control events"
