@@ -44,10 +44,6 @@ def main():
     lab.control("t", dut_off + rk.table(), R.capacity(2 * args.sas))
     rk.start_daemon()
 
-    def ask(req):
-        rk.conn.sendall((json.dumps(req) + "\n").encode())
-        return json.loads(rk.reader.readline())
-
     def rekey():
         err = rk.rekey()
         if err:
@@ -55,8 +51,8 @@ def main():
 
     try:
         out = {"sas": args.sas, "count": args.count,
-               "show": timed(lambda: ask({"op": "show", "spi": 0x100000, "direction": "in"}), args.count),
-               "refused": timed(lambda: ask({"op": "no-such-request"}), args.count),
+               "show": timed(lambda: rk.ask({"op": "show", "spi": 0x100000, "direction": "in"}), args.count),
+               "refused": timed(lambda: rk.ask({"op": "no-such-request"}), args.count),
                "rekey": timed(rekey, args.count)}
     finally:
         rk.stop()

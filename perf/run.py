@@ -512,23 +512,29 @@ class Rekeyer:
             [os.path.join(BIN, "natt-control"), "--name", self.name, "--shm-dir", self.lab.shm, "--state-dir",
              self.lab.work, "run", "--http", "off", "--quiet"], stdout=self.log, stderr=self.log)
         for _ in range(100):
+            conn = socket.socket(socket.AF_UNIX)
             try:
-                self.conn = socket.socket(socket.AF_UNIX)
-                self.conn.connect(sock)
-                self.reader = self.conn.makefile("r")
-                return
+                conn.connect(sock)
             except OSError:
+                conn.close()
                 time.sleep(0.1)
+                continue
+            self.conn, self.reader = conn, conn.makefile("r")
+            return
         sys.exit(f"natt-control run did not listen on {sock}; see {self.log.name}")
+
+    def ask(self, req):
+        """One request to the daemon (a line of JSON), and its answer."""
+        self.conn.sendall((json.dumps(req) + "\n").encode())
+        return json.loads(self.reader.readline())
 
     def rekey(self):
         j = self.turn % self.pairs
         v = self.version[j]
         old_in, old_out = self.sas(j, v)
-        req = {"op": "rekey", "old_in": old_in["spi"], "old_out": old_out["spi"], "file": "churn",
-               "text": json.dumps({"version": 1, "sas": self.sas(j, v + 1)}), "grace_ns": int(self.grace * 1e9)}
-        self.conn.sendall((json.dumps(req) + "\n").encode())
-        reply = json.loads(self.reader.readline())
+        reply = self.ask({"op": "rekey", "old_in": old_in["spi"], "old_out": old_out["spi"], "file": "churn",
+                          "text": json.dumps({"version": 1, "sas": self.sas(j, v + 1)}),
+                          "grace_ns": int(self.grace * 1e9)})
         if reply.get("ok"):
             self.version[j] = v + 1
             self.turn += 1
