@@ -31,11 +31,16 @@ use std::sync::atomic::Ordering::Relaxed;
 /// A NAT endpoint change for an outbound SA another worker owns.
 pub type NatUpdate = (u32, Endpoint);
 
-/// Outbound lookups remembered for the current snapshot (the dispatch stage looks up,
-/// the engine asks again for the same destination).
-const OUT_CACHE: usize = 64;
+/// Outbound lookups remembered for the current snapshot, by destination: the dispatch
+/// stage looks up and the engine asks again for the same destination, and with a few
+/// thousand SAs most destinations come back long before the table changes. Direct-mapped,
+/// `HINTS` entries (384 KiB) while the worker holds no more SAs than that; beyond, where a
+/// destination rarely comes back before its entry is taken, only the first `HINTS_FEW`
+/// (3 KiB, in L1) are used, so that a miss does not cost one more line far away.
+const HINTS: usize = 8192;
+const HINTS_FEW: usize = 64;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct OutHint {
     generation: u64,
     dst: IpAddr,
@@ -103,7 +108,7 @@ pub struct ShmStore<'a, B: Backend> {
     by_spi: HashMap<(Direction, u32), u32>,
     resv: Reservations<'a>,
     inboxes: &'a [ArrayQueue<NatUpdate>],
-    hints: [Option<OutHint>; OUT_CACHE],
+    hints: Box<[Option<OutHint>; HINTS]>,
     pub counters: StoreCounters,
 }
 
@@ -133,7 +138,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             by_spi: HashMap::with_capacity(capacity),
             resv,
             inboxes,
-            hints: [None; OUT_CACHE],
+            hints: vec![None; HINTS].into_boxed_slice().try_into().expect("HINTS entries"),
             counters: StoreCounters::default(),
         }
     }
@@ -219,16 +224,32 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// owner must encapsulate). Remembered for the engine's own lookup.
     #[inline]
     pub fn lookup_outbound(&mut self, dst: &IpAddr) -> Option<(Found, u32)> {
-        let h = hint_index(dst);
-        if let Some(x) = self.hints[h] {
-            if x.generation == self.snap.generation && x.dst == *dst {
-                return Some((x.found, x.spi));
-            }
+        let h = self.hint_at(dst);
+        if let Some(x) = self.hint(h, dst) {
+            return Some((x.found, x.spi));
         }
         let found = self.reader.outbound(&self.snap, dst)?;
         let spi = self.reader.spi(found.slot)?;
         self.hints[h] = Some(OutHint { generation: self.snap.generation, dst: *dst, found, spi });
         Some((found, spi))
+    }
+
+    /// Where `dst` is remembered, if it is.
+    #[inline]
+    fn hint_at(&self, dst: &IpAddr) -> usize {
+        hint_index(dst, if self.many_sas() { HINTS_FEW } else { HINTS }) & (HINTS - 1)
+    }
+
+    /// More SAs than hints: a destination's hint is mostly taken before it comes back.
+    #[inline]
+    fn many_sas(&self) -> bool {
+        self.by_spi.len() > HINTS
+    }
+
+    /// What is remembered at `h` for `dst`, if it is current.
+    #[inline]
+    fn hint(&self, h: usize, dst: &IpAddr) -> Option<OutHint> {
+        self.hints[h & (HINTS - 1)].filter(|x| x.generation == self.snap.generation && x.dst == *dst)
     }
 
     /// The runtime state of the SA with this direction and SPI, if this worker holds it.
@@ -348,8 +369,9 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     }
 }
 
+/// Where `dst` is remembered among the first `n` hints (a power of two, at most `HINTS`).
 #[inline]
-fn hint_index(dst: &IpAddr) -> usize {
+fn hint_index(dst: &IpAddr, n: usize) -> usize {
     let x = match dst {
         IpAddr::V4(a) => u64::from(a.to_bits()),
         IpAddr::V6(a) => {
@@ -357,15 +379,15 @@ fn hint_index(dst: &IpAddr) -> usize {
             (b as u64) ^ ((b >> 64) as u64)
         }
     };
-    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % OUT_CACHE
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - n.trailing_zeros())) as usize & (n - 1)
 }
 
 impl<'a, B: Backend> ShmStore<'a, B> {
     /// Look ahead for the lookups of a burst, in four passes, each starting the loads
     /// the next needs, so that no pass waits on a miss started just before: the first
-    /// bucket of each lookup's chain (`bucket`: it and the tag to match there); then,
-    /// buckets now near, the record the bucket names and this worker's cache entry for
-    /// it; then the head of the runtime state (`SaRuntime::HEAD_LEN`), for inbound
+    /// bucket of each lookup's chain (`start`: it and the tag to match there), or for a
+    /// destination remembered in the hints, the slot they name; then, buckets now near,
+    /// the record the bucket names and this worker's cache entry for it; then the head of the runtime state (`SaRuntime::HEAD_LEN`), for inbound
     /// lookups its peer line (NAT endpoint and replay window, `SaRuntime::peer_line`), and
     /// the line of its key that tells the rest (`AeadKey::lead`); then, the head now near,
     /// what the checks read of the rest (`SaRuntime::check_spans`: the selector sets, where
@@ -382,28 +404,40 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         &self,
         keys: &[K],
         inbound: bool,
-        bucket: impl Fn(K) -> Option<(&'a AtomicU64, u32)>,
+        start: impl Fn(K) -> Start<'a>,
         seq: impl Fn(K) -> Option<u64>,
         len: impl Fn(K) -> u32,
     ) {
         let keys = &keys[..keys.len().min(LOOK_AHEAD_MAX)];
-        let mut buckets = [None; LOOK_AHEAD_MAX];
-        for (b, &k) in buckets.iter_mut().zip(keys) {
-            *b = bucket(k);
-            if let Some((b, _)) = b {
-                prefetch::line(*b);
+        let mut starts = [Start::Nowhere; LOOK_AHEAD_MAX];
+        for (b, &k) in starts.iter_mut().zip(keys) {
+            *b = start(k);
+            match b {
+                Start::Bucket(b, _) => prefetch::line(*b),
+                Start::Slot(x) => {
+                    if let Some(c) = self.cache.get(*x as usize) {
+                        prefetch::line(c);
+                    }
+                }
+                Start::Nowhere => {}
             }
         }
         let mut slots = [u32::MAX; LOOK_AHEAD_MAX];
-        for (s, b) in slots.iter_mut().zip(&buckets[..keys.len()]) {
-            if let Some(x) = b.and_then(|(b, tag)| slot_named(b.load(Relaxed), tag)) {
-                *s = x;
-                if let Some(r) = self.reader.db().record(x) {
-                    prefetch::line(r);
+        for (s, b) in slots.iter_mut().zip(&starts[..keys.len()]) {
+            match *b {
+                Start::Bucket(b, tag) => {
+                    if let Some(x) = slot_named(b.load(Relaxed), tag) {
+                        *s = x;
+                        if let Some(r) = self.reader.db().record(x) {
+                            prefetch::line(r);
+                        }
+                        if let Some(c) = self.cache.get(x as usize) {
+                            prefetch::line(c);
+                        }
+                    }
                 }
-                if let Some(c) = self.cache.get(x as usize) {
-                    prefetch::line(c);
-                }
+                Start::Slot(x) => *s = x,
+                Start::Nowhere => {}
             }
         }
         for &s in &slots[..keys.len()] {
@@ -431,6 +465,15 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     }
 }
 
+/// Where a look-ahead starts for one key: the first bucket of its lookup and the tag
+/// to match there, or the slot a hint already names.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    Nowhere,
+    Bucket(&'a AtomicU64, u32),
+    Slot(u32),
+}
+
 /// Keys looked ahead at once (an engine burst).
 const LOOK_AHEAD_MAX: usize = 64;
 /// Look ahead only with at least this many SAs loaded: fewer stay in the caches (their
@@ -450,7 +493,10 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
         self.look_ahead(
             keys,
             true,
-            |k| Some(r.spi_bucket(&s, Direction::Inbound, k.spi)),
+            |k| {
+                let (b, tag) = r.spi_bucket(&s, Direction::Inbound, k.spi);
+                Start::Bucket(b, tag)
+            },
             |k| Some(u64::from(k.seq)),
             |k| k.len,
         );
@@ -459,7 +505,19 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
     #[inline]
     fn look_ahead_outbound(&mut self, keys: &[OutboundAhead]) {
         let (r, s) = (self.reader, self.snap);
-        self.look_ahead(keys, false, |k| r.lpm_bucket(&s, &k.dst), |_| None, |k| k.len);
+        let bucket =
+            |k: OutboundAhead| r.lpm_bucket(&s, &k.dst).map_or(Start::Nowhere, |(b, tag)| Start::Bucket(b, tag));
+        if self.many_sas() {
+            // Destinations rarely come back before their hint is taken: not worth a look.
+            self.look_ahead(keys, false, bucket, |_| None, |k| k.len);
+        } else {
+            // A destination remembered names its slot: no hash, bucket or record to load.
+            let start = |k: OutboundAhead| match self.hint(self.hint_at(&k.dst), &k.dst) {
+                Some(x) => Start::Slot(x.found.slot),
+                None => bucket(k),
+            };
+            self.look_ahead(keys, false, start, |_| None, |k| k.len);
+        }
     }
 
     #[inline]

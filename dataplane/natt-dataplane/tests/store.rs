@@ -181,6 +181,59 @@ fn changes_are_seen_at_the_next_snapshot_and_state_carries_over_a_replace() {
 }
 
 #[test]
+fn remembered_destinations_answer_as_the_table_does_and_never_outlive_a_change() {
+    let t = Tmp::new("hints");
+    let owners = Owners::new(1);
+    // Thousands of destinations scattered over a /16 (consecutive ones would each get
+    // an entry of their own): many share an entry with another.
+    let mut x = 12345u32;
+    let mut seen = std::collections::HashSet::new();
+    let spis: Vec<u32> = std::iter::from_fn(|| {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        Some(0x10000 | (x >> 16) & 0xffff)
+    })
+    .filter(|s| seen.insert(*s))
+    .take(3000)
+    .collect();
+    let mut w = Writer::create(&t.0, "t", 8192).unwrap();
+    let mut b = w.batch();
+    for &spi in &spis {
+        b.add(&sa(spi, "outbound", 0, 64)).unwrap();
+    }
+    b.commit().unwrap();
+    let env = Env::new(&t, &owners, 64);
+    let mut s = env.store(0);
+    s.refresh();
+    // Twice over, in two orders: every answer is the SA that covers the destination.
+    for round in 0..2 {
+        for i in 0..spis.len() {
+            let spi = spis[if round == 0 { i } else { (i * 7919) % spis.len() }];
+            let (found, got) = s.lookup_outbound(&dst(spi)).unwrap();
+            assert_eq!(got, spi);
+            assert_eq!(env.r.spi(found.slot), Some(spi));
+            let slot = s.outbound(&dst(spi)).unwrap();
+            assert_eq!(s.entry(slot).unwrap().rt.spi, spi);
+        }
+    }
+    // One batch: a destination's SA removed and another SPI covering it, one removed with
+    // nothing in its place. The next snapshot answers for both at once.
+    let (moved, gone, kept) = (spis[17], spis[18], spis[19]);
+    let mut b = w.batch();
+    b.remove(Direction::Outbound, moved).unwrap();
+    b.remove(Direction::Outbound, gone).unwrap();
+    let mut p = sa(0x9000, "outbound", 0, 64);
+    p.selectors = sa(moved, "outbound", 0, 64).selectors;
+    b.add(&p).unwrap();
+    b.commit().unwrap();
+    assert_eq!(s.lookup_outbound(&dst(moved)).unwrap().1, moved, "not before the next snapshot");
+    s.refresh();
+    assert_eq!(s.lookup_outbound(&dst(moved)).unwrap().1, 0x9000);
+    assert!(s.lookup_outbound(&dst(gone)).is_none());
+    assert_eq!(s.outbound(&dst(gone)), Err(DropReason::NoOutboundSa));
+    assert_eq!(s.lookup_outbound(&dst(kept)).unwrap().1, kept);
+}
+
+#[test]
 fn an_outbound_sa_resumes_above_its_reservation() {
     let t = Tmp::new("resv");
     let owners = Owners::new(1);
