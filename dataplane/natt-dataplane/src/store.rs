@@ -34,7 +34,8 @@ pub type NatUpdate = (u32, Endpoint);
 /// Outbound lookups remembered for the current snapshot, by destination: the dispatch
 /// stage looks up and the engine asks again for the same destination, and with a few
 /// thousand SAs most destinations come back long before the table changes. Direct-mapped,
-/// `HINTS` entries (384 KiB) while the worker holds no more SAs than that; beyond, where a
+/// `HINTS` entries (384 KiB) while the worker has loaded no more SAs than that (SAs that
+/// carried traffic, as `looks_ahead` counts them); beyond, where a
 /// destination rarely comes back before its entry is taken, only the first `HINTS_FEW`
 /// (3 KiB, in L1) are used, so that a miss does not cost one more line far away.
 const HINTS: usize = 8192;
