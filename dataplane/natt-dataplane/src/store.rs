@@ -35,9 +35,9 @@ pub type NatUpdate = (u32, Endpoint);
 /// stage looks up and the engine asks again for the same destination, and with a few
 /// thousand SAs most destinations come back long before the table changes. Direct-mapped,
 /// `HINTS` entries (384 KiB) while the worker has loaded no more SAs than that (SAs that
-/// carried traffic, as `looks_ahead` counts them); beyond, where a
-/// destination rarely comes back before its entry is taken, only the first `HINTS_FEW`
-/// (3 KiB, in L1) are used, so that a miss does not cost one more line far away.
+/// carried traffic, as `looks_ahead` counts them); beyond, where a destination rarely
+/// comes back before its entry is taken, `HINTS_FEW` others (3 KiB, in L1) beside the
+/// store's fields, so that a miss does not cost one more line far away.
 const HINTS: usize = 8192;
 const HINTS_FEW: usize = 64;
 
@@ -110,6 +110,8 @@ pub struct ShmStore<'a, B: Backend> {
     resv: Reservations<'a>,
     inboxes: &'a [ArrayQueue<NatUpdate>],
     hints: Box<[Option<OutHint>; HINTS]>,
+    /// The hints used with many SAs (`many_sas`), beside the other fields.
+    hints_few: [Option<OutHint>; HINTS_FEW],
     pub counters: StoreCounters,
 }
 
@@ -140,6 +142,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             resv,
             inboxes,
             hints: vec![None; HINTS].into_boxed_slice().try_into().expect("HINTS entries"),
+            hints_few: [None; HINTS_FEW],
             counters: StoreCounters::default(),
         }
     }
@@ -225,20 +228,19 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// owner must encapsulate). Remembered for the engine's own lookup.
     #[inline]
     pub fn lookup_outbound(&mut self, dst: &IpAddr) -> Option<(Found, u32)> {
-        let h = self.hint_at(dst);
-        if let Some(x) = self.hint(h, dst) {
+        let many = self.many_sas();
+        if let Some(x) = self.hint(many, dst) {
             return Some((x.found, x.spi));
         }
         let found = self.reader.outbound(&self.snap, dst)?;
         let spi = self.reader.spi(found.slot)?;
-        self.hints[h] = Some(OutHint { generation: self.snap.generation, dst: *dst, found, spi });
+        let x = Some(OutHint { generation: self.snap.generation, dst: *dst, found, spi });
+        if many {
+            self.hints_few[hint_index::<HINTS_FEW>(dst)] = x;
+        } else {
+            self.hints[hint_index::<HINTS>(dst)] = x;
+        }
         Some((found, spi))
-    }
-
-    /// Where `dst` is remembered, if it is.
-    #[inline]
-    fn hint_at(&self, dst: &IpAddr) -> usize {
-        hint_index(dst, if self.many_sas() { HINTS_FEW } else { HINTS }) & (HINTS - 1)
     }
 
     /// More SAs than hints: a destination's hint is mostly taken before it comes back.
@@ -247,10 +249,11 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         self.by_spi.len() > HINTS
     }
 
-    /// What is remembered at `h` for `dst`, if it is current.
+    /// What is remembered for `dst`, if it is current (`many`: `many_sas`).
     #[inline]
-    fn hint(&self, h: usize, dst: &IpAddr) -> Option<OutHint> {
-        self.hints[h & (HINTS - 1)].filter(|x| x.generation == self.snap.generation && x.dst == *dst)
+    fn hint(&self, many: bool, dst: &IpAddr) -> Option<OutHint> {
+        let x = if many { self.hints_few[hint_index::<HINTS_FEW>(dst)] } else { self.hints[hint_index::<HINTS>(dst)] };
+        x.filter(|x| x.generation == self.snap.generation && x.dst == *dst)
     }
 
     /// The runtime state of the SA with this direction and SPI, if this worker holds it.
@@ -370,9 +373,9 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     }
 }
 
-/// Where `dst` is remembered among the first `n` hints (a power of two, at most `HINTS`).
+/// Where `dst` is remembered among `N` hints (a power of two).
 #[inline]
-fn hint_index(dst: &IpAddr, n: usize) -> usize {
+fn hint_index<const N: usize>(dst: &IpAddr) -> usize {
     let x = match dst {
         IpAddr::V4(a) => u64::from(a.to_bits()),
         IpAddr::V6(a) => {
@@ -380,7 +383,7 @@ fn hint_index(dst: &IpAddr, n: usize) -> usize {
             (b as u64) ^ ((b >> 64) as u64)
         }
     };
-    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - n.trailing_zeros())) as usize & (n - 1)
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - N.trailing_zeros())) as usize & (N - 1)
 }
 
 impl<'a, B: Backend> ShmStore<'a, B> {
@@ -513,7 +516,7 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
             self.look_ahead(keys, false, bucket, |_| None, |k| k.len);
         } else {
             // A destination remembered names its slot: no hash, bucket or record to load.
-            let start = |k: OutboundAhead| match self.hint(self.hint_at(&k.dst), &k.dst) {
+            let start = |k: OutboundAhead| match self.hint(false, &k.dst) {
                 Some(x) => Start::Slot(x.found.slot),
                 None => bucket(k),
             };
