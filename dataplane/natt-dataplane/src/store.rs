@@ -228,18 +228,18 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// owner must encapsulate). Remembered for the engine's own lookup.
     #[inline]
     pub fn lookup_outbound(&mut self, dst: &IpAddr) -> Option<(Found, u32)> {
-        let many = self.many_sas();
-        if let Some(x) = self.hint(many, dst) {
+        let generation = self.snap.generation;
+        let hint = if self.many_sas() {
+            &mut self.hints_few[hint_index::<HINTS_FEW>(dst)]
+        } else {
+            &mut self.hints[hint_index::<HINTS>(dst)]
+        };
+        if let Some(x) = current(hint, generation, dst) {
             return Some((x.found, x.spi));
         }
         let found = self.reader.outbound(&self.snap, dst)?;
         let spi = self.reader.spi(found.slot)?;
-        let x = Some(OutHint { generation: self.snap.generation, dst: *dst, found, spi });
-        if many {
-            self.hints_few[hint_index::<HINTS_FEW>(dst)] = x;
-        } else {
-            self.hints[hint_index::<HINTS>(dst)] = x;
-        }
+        *hint = Some(OutHint { generation, dst: *dst, found, spi });
         Some((found, spi))
     }
 
@@ -247,13 +247,6 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     #[inline]
     fn many_sas(&self) -> bool {
         self.by_spi.len() > HINTS
-    }
-
-    /// What is remembered for `dst`, if it is current (`many`: `many_sas`).
-    #[inline]
-    fn hint(&self, many: bool, dst: &IpAddr) -> Option<OutHint> {
-        let x = if many { self.hints_few[hint_index::<HINTS_FEW>(dst)] } else { self.hints[hint_index::<HINTS>(dst)] };
-        x.filter(|x| x.generation == self.snap.generation && x.dst == *dst)
     }
 
     /// The runtime state of the SA with this direction and SPI, if this worker holds it.
@@ -373,6 +366,12 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     }
 }
 
+/// The hint `h` if it answers for `dst` at `generation`.
+#[inline]
+fn current(h: &Option<OutHint>, generation: u64, dst: &IpAddr) -> Option<OutHint> {
+    h.filter(|x| x.generation == generation && x.dst == *dst)
+}
+
 /// Where `dst` is remembered among `N` hints (a power of two).
 #[inline]
 fn hint_index<const N: usize>(dst: &IpAddr) -> usize {
@@ -387,12 +386,21 @@ fn hint_index<const N: usize>(dst: &IpAddr) -> usize {
 }
 
 impl<'a, B: Backend> ShmStore<'a, B> {
+    /// Start loading this worker's cache entry for `slot` (the state's uid and pointer).
+    #[inline]
+    fn prefetch_cache_entry(&self, slot: u32) {
+        if let Some(c) = self.cache.get(slot as usize) {
+            prefetch::line(c);
+        }
+    }
+
     /// Look ahead for the lookups of a burst, in four passes, each starting the loads
     /// the next needs, so that no pass waits on a miss started just before: the first
     /// bucket of each lookup's chain (`start`: it and the tag to match there), or for a
-    /// destination remembered in the hints, the slot they name; then, buckets now near,
-    /// the record the bucket names and this worker's cache entry for it; then the head of the runtime state (`SaRuntime::HEAD_LEN`), for inbound
-    /// lookups its peer line (NAT endpoint and replay window, `SaRuntime::peer_line`), and
+    /// destination remembered in the hints, the slot they name and its cache entry; then,
+    /// buckets now near, the record the bucket names and this worker's cache entry for it;
+    /// then the head of the runtime state (`SaRuntime::HEAD_LEN`), for inbound lookups its
+    /// peer line (NAT endpoint and replay window, `SaRuntime::peer_line`), and
     /// the line of its key that tells the rest (`AeadKey::lead`); then, the head now near,
     /// what the checks read of the rest (`SaRuntime::check_spans`: the selector sets, where
     /// the head's own IPv4 selectors do not decide; outbound SAs' addresses where they have
@@ -418,11 +426,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             *b = start(k);
             match b {
                 Start::Bucket(b, _) => prefetch::line(*b),
-                Start::Slot(x) => {
-                    if let Some(c) = self.cache.get(*x as usize) {
-                        prefetch::line(c);
-                    }
-                }
+                Start::Slot(x) => self.prefetch_cache_entry(*x),
                 Start::Nowhere => {}
             }
         }
@@ -435,9 +439,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
                         if let Some(r) = self.reader.db().record(x) {
                             prefetch::line(r);
                         }
-                        if let Some(c) = self.cache.get(x as usize) {
-                            prefetch::line(c);
-                        }
+                        self.prefetch_cache_entry(x);
                     }
                 }
                 Start::Slot(x) => *s = x,
@@ -516,7 +518,8 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
             self.look_ahead(keys, false, bucket, |_| None, |k| k.len);
         } else {
             // A destination remembered names its slot: no hash, bucket or record to load.
-            let start = |k: OutboundAhead| match self.hint(false, &k.dst) {
+            let hints = &self.hints;
+            let start = |k: OutboundAhead| match current(&hints[hint_index::<HINTS>(&k.dst)], s.generation, &k.dst) {
                 Some(x) => Start::Slot(x.found.slot),
                 None => bucket(k),
             };
