@@ -150,6 +150,35 @@ def test_segments_truncated_under_it_do_not_crash_the_dataplane(tmp_path):
     assert t["encap_packets"] > 1000 and t["rx_protected"] == t["encap_packets"] + t["drops_total"], t
 
 
+def test_with_its_output_gone_it_still_stops_on_sigterm_and_at_its_duration(tmp_path):
+    """Whoever read stdout and stderr went away (a pipe's reader exited, a terminal
+    closed): the statistics it prints every period fail to write. Forwarding goes on,
+    SIGTERM still stops it cleanly (a panicked print in the thread that watches for
+    signals left the workers running, deaf to it), and so does --duration."""
+    ctl = Control(tmp_path)
+    ctl.apply([C.sa("inbound"), C.sa("outbound")])
+    write_pcap(tmp_path / "plain.pcap", [Ether() / C.reply(k) for k in range(8)])
+    vdevs = ["net_null0,no-rx=1", f"net_pcap1,rx_pcap={tmp_path / 'plain.pcap'},tx_pcap=/dev/null,infinite_rx=1"]
+    for how in ("sigterm", "duration"):
+        dp = Dataplane(ctl, vdevs, opts=["--stats-period", "0.1"] + (["--duration", "3"] if how == "duration" else []))
+        dp.start()
+        dp.proc.stdout.close()
+        dp.proc.stderr.close()
+        time.sleep(1.5)
+        assert dp.proc.poll() is None, "it stopped by itself"
+        if how == "sigterm":
+            dp.proc.send_signal(signal.SIGTERM)
+        try:
+            code = dp.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            dp.proc.kill()
+            dp.proc.wait()
+            raise AssertionError(f"{how}: still running 30 s on") from None
+        assert code == 0, f"{how}: exit {code}"
+        t = json.loads(dp.stats_path.read_text())["totals"]
+        assert t["encap_packets"] > 1000 and t["rx_protected"] == t["encap_packets"] + t["drops_total"], t
+
+
 def test_eal_memory_fallback_without_hugepages(tmp_path, monkeypatch):
     """The fallback the scripts use where hugepages cannot be had."""
     monkeypatch.setenv("NATT_NO_HUGE", "1")

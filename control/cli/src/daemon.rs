@@ -16,6 +16,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// `println!` and `eprintln!` that ignore a failed write: the daemon's stdout mirrors the
+/// event log and its stderr says what it did, and neither may stop it (with `println!`,
+/// a closed pipe would panic it, and grace periods, housekeeping and every rekey with it).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub struct Options {
     pub shm_dir: PathBuf,
     pub name: String,
@@ -106,7 +122,7 @@ pub fn run(mut w: Writer, opts: Options) -> Result<(), String> {
     let mut dp: Option<DpSegment> = None;
     let mut last_tick = Instant::now();
     let mut last_sweep = Instant::now();
-    eprintln!(
+    note!(
         "natt-control: serving {} ({} SAs installed, generation {}); events to {}",
         opts.socket.display(),
         w.len(),
@@ -140,7 +156,7 @@ pub fn run(mut w: Writer, opts: Options) -> Result<(), String> {
         };
         let hk = w.housekeeping(now_ns(), readers);
         for (dir, spi) in &hk.drained {
-            eprintln!("natt-control: grace period over, removed {} SA 0x{spi:08x}", dir.name());
+            note!("natt-control: grace period over, removed {} SA 0x{spi:08x}", dir.name());
         }
         if let Some(d) = dp.as_ref().filter(|_| last_sweep.elapsed() >= RESERVATION_SWEEP) {
             last_sweep = Instant::now();
@@ -148,7 +164,7 @@ pub fn run(mut w: Writer, opts: Options) -> Result<(), String> {
             let (used, room) = r.occupancy();
             if used > room / 2 {
                 let n = r.sweep(|key_fp| w.holds_key(key_fp));
-                eprintln!(
+                note!(
                     "natt-control: forgot the sequence-number reservations of {n} keys no installed SA holds ({used} of {room} in use)"
                 );
             }
@@ -157,14 +173,14 @@ pub fn run(mut w: Writer, opts: Options) -> Result<(), String> {
             let quiet = opts.quiet_events;
             log.drain(d, names.as_ref(), |v| {
                 if !quiet {
-                    println!("{v}");
+                    say!("{v}");
                 }
             })
             .map_err(|e| format!("{}: {e}", log.path.display()))?;
         }
     }
     let _ = std::fs::remove_file(&opts.socket);
-    eprintln!("natt-control: stopped; the SA table stays as it is (generation {})", w.generation());
+    note!("natt-control: stopped; the SA table stays as it is (generation {})", w.generation());
     Ok(())
 }
 

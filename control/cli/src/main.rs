@@ -343,11 +343,11 @@ fn show_stats(
             Some(d) => return Err(Failure::usage(format!("--direction {d}: use in or out"))),
         };
         let v = stats::sa(&cli.shm_dir, &cli.name, spi, dir).map_err(stats_failure)?;
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out(&format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()));
         return Ok(());
     }
     if prometheus {
-        print!("{}", stats::prometheus(&cli.shm_dir, &cli.name).map_err(stats_failure)?);
+        out(&stats::prometheus(&cli.shm_dir, &cli.name).map_err(stats_failure)?);
         return Ok(());
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -358,10 +358,10 @@ fn show_stats(
     loop {
         let (view, doc) = stats::document(&cli.shm_dir, &cli.name).map_err(stats_failure)?;
         if cli.json {
-            println!("{doc}");
+            out(&format!("{doc}\n"));
         } else {
             let p = prev.as_ref().map(|(v, t)| (v, t.elapsed().as_secs_f64()));
-            print!("{}", stats::text(&view, p));
+            out(&stats::text(&view, p));
         }
         if !watch {
             return Ok(());
@@ -402,9 +402,9 @@ fn events(cli: &Cli, follow: bool) -> Result<(), Failure> {
         follow,
         |line| {
             if json {
-                println!("{line}");
+                out(&format!("{line}\n"));
             } else if let Ok(v) = serde_json::from_str::<Value>(line) {
-                println!("{}", event_text(&v));
+                out(&format!("{}\n", event_text(&v)));
             }
         },
         || {
@@ -415,11 +415,21 @@ fn events(cli: &Cli, follow: bool) -> Result<(), Failure> {
     .map_err(|e| Failure::system(format!("{}: {e}", log_path.display())))
 }
 
+/// Write to stdout. With stdout gone (the reader of a pipe exited, as in
+/// `natt-control stats --watch | head`), stop quietly as a filter does rather than panic.
+fn out(s: &str) {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    if o.write_all(s.as_bytes()).and_then(|()| o.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
 fn print_result(cli: &Cli, v: &Value, text: impl Fn(&Value) -> String) {
     if cli.json {
-        println!("{v}");
+        out(&format!("{v}\n"));
     } else {
-        println!("{}", text(v));
+        out(&format!("{}\n", text(v)));
     }
 }
 

@@ -63,10 +63,17 @@ impl Env {
     }
 
     fn daemon(&self) -> Daemon {
+        self.daemon_with(&["--quiet", "--http", "127.0.0.1:0"], Stdio::null())
+    }
+
+    /// `natt-control run` with these options, its stdout as given and stderr piped,
+    /// once its socket answers.
+    fn daemon_with(&self, opts: &[&str], stdout: Stdio) -> Daemon {
         let child = self
             .cmd()
-            .args(["run", "--tick-ms", "2", "--quiet", "--http", "127.0.0.1:0"])
-            .stdout(Stdio::null())
+            .args(["run", "--tick-ms", "2"])
+            .args(opts)
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -410,4 +417,35 @@ fn events_are_logged_and_streamed() {
     let _ = follow.kill();
     let _ = follow.wait();
     assert_eq!(got.lock().unwrap().lines().count(), 3, "the two earlier events, then the new one");
+}
+
+#[test]
+fn a_daemon_whose_output_is_gone_keeps_working() {
+    // Whoever read its stdout and stderr went away (a pipe's reader exited): the events
+    // it mirrors to stdout and the notes it writes to stderr fail to write. It must go
+    // on serving, ending grace periods and logging events to its file (a panicked
+    // `println!` stopped it, and every rekey with it).
+    let e = Env::new();
+    e.json(&["apply", &e.file("a.json", &config(&[(1, 1), (2, 2)]))]);
+    let dp = push_events(&e.shm(), "t", e.reader().db().created_ns());
+    let mut d = e.daemon_with(&["--http", "off"], Stdio::piped());
+    drop(d.0.stdout.take());
+    drop(d.0.stderr.take());
+    // An event to mirror on stdout, and a grace period whose end it notes on stderr.
+    dp.producer(0).push(
+        &Event { spi: 0x2001, direction: Direction::Outbound, kind: EventKind::SeqExhausted },
+        1_700_000_002_000_000_000,
+    );
+    let o = e.run(&["del", "0x1001", "--direction", "in", "--grace", "0.2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(d.0.try_wait().unwrap().is_none(), "the daemon stopped: {:?}", d.0.try_wait());
+    let left: Vec<String> = visible_names(&e);
+    assert_eq!(left, ["c1-out", "c2-in", "c2-out"], "the grace period ended");
+    let log = std::fs::read_to_string(e.dir.path().join("state").join("t.events.jsonl")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("seq_exhausted")).count(), 1, "{log}");
+    assert_eq!(log.lines().count(), 3, "{log}");
+    // And a request still gets its answer.
+    let o = e.run(&["--json", "show", "0x2002"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -21,12 +21,36 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `print!` and `println!` that ignore a failed write. With stdout gone (the reader of a
+/// pipe exited, a terminal closed) `print!` panics; in the monitor thread that would end
+/// the only watcher of signals and --duration while the workers forward on, deaf to
+/// SIGTERM. Forwarding, statistics in the segment and --stats-json do not need stdout.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+macro_rules! sayln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+/// `eprintln!` that ignores a failed write, for the same reason.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if args::wants_help(&argv) {
         let mut cmd = <Args as clap::CommandFactory>::command();
         let _ = cmd.print_help();
-        println!();
+        sayln!();
         return ExitCode::SUCCESS;
     }
     let (eal_args, ours) = args::split(&argv);
@@ -38,13 +62,13 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = args.check() {
-        eprintln!("natt-dataplane: error: {e}");
+        note!("natt-dataplane: error: {e}");
         return ExitCode::from(2);
     }
     match run(&args, &eal_args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("natt-dataplane: error: {e}");
+            note!("natt-dataplane: error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -72,9 +96,9 @@ fn run_eal(args: &Args, crypto: &str, signalled: &Arc<AtomicBool>) -> Result<(),
     report::publish_ports(&sh);
     register_telemetry(&sh);
     if let Err(e) = eal::pdump_init() {
-        eprintln!("natt-dataplane: note: dpdk-dumpcap cannot attach ({e}); it needs hugepages and no --in-memory");
+        note!("natt-dataplane: note: dpdk-dumpcap cannot attach ({e}); it needs hugepages and no --in-memory");
     }
-    println!(
+    sayln!(
         "natt-dataplane: {}, {} worker(s) on lcore(s) {:?}, dispatch: {}, SA table {}/{}.sadb",
         eal::version(),
         sh.workers(),
@@ -84,7 +108,7 @@ fn run_eal(args: &Args, crypto: &str, signalled: &Arc<AtomicBool>) -> Result<(),
         args.name
     );
     for p in sh.ports.iter().flatten() {
-        println!(
+        sayln!(
             "  port {} {:<15} {} ({}) mac {} next hop {} rxq {} txq {} checksum offload {}",
             p.info.id,
             p.role.name(),
@@ -97,7 +121,7 @@ fn run_eal(args: &Args, crypto: &str, signalled: &Arc<AtomicBool>) -> Result<(),
             p.checksum_offloads()
         );
     }
-    println!("  crypto: {crypto}");
+    sayln!("  crypto: {crypto}");
 
     // The SA builder: SAs' runtime state made off the workers' cores (see `prepare`).
     let builder = {
@@ -159,13 +183,16 @@ fn run_eal(args: &Args, crypto: &str, signalled: &Arc<AtomicBool>) -> Result<(),
     sh.stop.store(true, Ordering::SeqCst);
     let _ = monitor.join();
     if let Ok(c) = builder.join() {
-        println!(
+        sayln!(
             "natt-dataplane: SA builder: {} SA states built off the workers, {} freed, {} skipped, {} table scan(s)",
-            c.built, c.freed, c.skipped, c.scans
+            c.built,
+            c.freed,
+            c.skipped,
+            c.scans
         );
     }
     let elapsed = started.elapsed().as_secs_f64();
-    print!("{}", report::to_text(&sh, elapsed, true));
+    say!("{}", report::to_text(&sh, elapsed, true));
     let json = args.stats_json.as_ref().map(|_| report::to_json(&sh, elapsed));
     setup::close_ports(&sh);
     if let (Some(path), Some(v)) = (&args.stats_json, json) {
@@ -229,7 +256,7 @@ fn register_telemetry(sh: &Arc<setup::Shared>) {
         ),
     ] {
         if let Err(e) = r {
-            eprintln!("natt-dataplane: note: {e}; dpdk-telemetry.py will not see natt's counters");
+            note!("natt-dataplane: note: {e}; dpdk-telemetry.py will not see natt's counters");
         }
     }
 }
@@ -263,7 +290,7 @@ fn pin_monitor(sh: &setup::Shared) {
 fn check_segments(sh: &setup::Shared, args: &Args, seen: &mut [bool; 2]) {
     if let (false, Some((now, was))) = (seen[0], sh.reader.db().shrunk()) {
         seen[0] = true;
-        eprintln!(
+        note!(
             "natt-dataplane: error: the SA table {} shrank from {was} to {now} bytes under us; what lay past its \
              end reads as zeros here: the SAs workers hold keep working, the others are gone (their packets are \
              dropped as no_sa / no_outbound_sa). Whatever truncated it is not natt-control: recreate the table \
@@ -273,7 +300,7 @@ fn check_segments(sh: &setup::Shared, args: &Args, seen: &mut [bool; 2]) {
     }
     if let (false, Some((now, was))) = (seen[1], sh.dp.shrunk()) {
         seen[1] = true;
-        eprintln!(
+        note!(
             "natt-dataplane: error: our segment {}/{}.dp shrank from {was} to {now} bytes under us; counters, events \
              and sequence reservations past its end now stay in this process, and a restart will refuse the segment \
              (keep the file until its SAs are rekeyed, or remove it to start over)",
@@ -294,7 +321,7 @@ fn build_sas(sh: &setup::Shared) -> natt_dataplane::prepare::BuilderCounters {
     while !sh.stop.load(Ordering::SeqCst) {
         if b.step(256) == 0 && !b.can_proceed() && !b.has_spent() {
             if !sh.builder_ready.swap(true, Ordering::SeqCst) {
-                println!(
+                sayln!(
                     "natt-dataplane: SA builder: {} SA states prepared in {} ms{}",
                     b.counters.built,
                     started.elapsed().as_millis(),
@@ -323,7 +350,7 @@ fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Ins
     while !sh.stop.load(Ordering::SeqCst) {
         std::thread::sleep(tick);
         if signalled.load(Ordering::SeqCst) {
-            println!("natt-dataplane: signal received, stopping");
+            sayln!("natt-dataplane: signal received, stopping");
             break;
         }
         if args.duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
@@ -345,8 +372,8 @@ fn monitor(sh: &setup::Shared, args: &Args, signalled: &AtomicBool, started: Ins
         }
         if args.stats_period > 0.0 && last_print.elapsed().as_secs_f64() >= args.stats_period {
             let totals = sh.dp.totals().0;
-            print!("{}", report::to_text(sh, started.elapsed().as_secs_f64(), false));
-            print!("{}", report::rates_text(&last_totals, &totals, last_print.elapsed().as_secs_f64()));
+            say!("{}", report::to_text(sh, started.elapsed().as_secs_f64(), false));
+            say!("{}", report::rates_text(&last_totals, &totals, last_print.elapsed().as_secs_f64()));
             last_print = Instant::now();
             last_totals = totals;
         }

@@ -321,7 +321,13 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
         if let Some(p) = ports[punt as usize].as_mut() {
             match port::set_mac(p.info.id, &mac) {
                 Ok(()) => p.mac = mac,
-                Err(e) => eprintln!("natt-dataplane: warning: {e}; the kernel interface keeps its own MAC"),
+                Err(e) => {
+                    use std::io::Write as _;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "natt-dataplane: warning: {e}; the kernel interface keeps its own MAC"
+                    );
+                }
             }
             p.peer = p.mac;
         }
