@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const SADB_MAGIC: u64 = u64::from_be_bytes(*b"NATTSADB");
 pub const DP_MAGIC: u64 = u64::from_be_bytes(*b"NATTDPSG");
 /// Bumped on any change to either layout.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Offset of `SaRecord::key_len` (tests corrupt it on purpose).
 pub const KEY_LEN_OFFSET: usize = 64 + 44;
@@ -21,27 +21,58 @@ pub const MAX_SELECTORS: usize = 8;
 /// Bytes of an SA's name kept in its record.
 pub const NAME_LEN: usize = 32;
 
-/// Entries in the journal of added records: a ring of `uid << JOURNAL_SLOT_BITS | slot`,
-/// written by the writer once a record is live and linked, so that the dataplane can
-/// build the runtime state of new SAs ahead of their first packet without scanning the
-/// table. A reader that falls more than this far behind scans instead.
+/// Entries in the journal of changed records: a ring of words, each naming a record that
+/// was added (`journal_word`: its uid and slot, written once it is live and linked, so
+/// that the dataplane can build the runtime state of new SAs ahead of their first
+/// packet without scanning the table) or given an end (`journal_end_word`: its slot,
+/// written once `until_gen` is set, so that a worker stops trusting what it knows of
+/// the slot without reading the record; see `Reader::trustable`). A reader that falls
+/// more than this far behind scans, or distrusts everything, instead.
 pub const JOURNAL_LEN: usize = 1 << 16;
 /// Bits of a journal entry that hold the slot (`MAX_CAPACITY` is `1 << 24`).
 pub const JOURNAL_SLOT_BITS: u32 = 24;
+/// The bit of a journal entry that says the record was given an end, not added.
+pub const JOURNAL_ENDED: u64 = 1 << 63;
 
-/// A journal entry naming the record with `uid` in `slot`.
+/// A journal entry naming the record added with `uid` in `slot`.
 pub fn journal_word(slot: u32, uid: u64) -> u64 {
-    uid << JOURNAL_SLOT_BITS | u64::from(slot)
+    journal_uid(uid) << JOURNAL_SLOT_BITS | u64::from(slot)
 }
 
-/// The slot a journal entry names, and its uid as the entry holds it (`journal_uid`).
-pub fn journal_parts(w: u64) -> (u32, u64) {
-    ((w & ((1 << JOURNAL_SLOT_BITS) - 1)) as u32, w >> JOURNAL_SLOT_BITS)
+/// A journal entry naming the record in `slot`, given an end.
+pub fn journal_end_word(slot: u32) -> u64 {
+    JOURNAL_ENDED | u64::from(slot)
 }
 
-/// A record's uid as a journal entry holds it: its low 40 bits.
+/// What a journal entry says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Journaled {
+    /// A record was added in `slot`, with a uid whose `journal_uid` is `uid`.
+    Added { slot: u32, uid: u64 },
+    /// The record in `slot` was given an end (it may be reclaimed later).
+    Ended { slot: u32 },
+}
+
+impl Journaled {
+    pub fn of(w: u64) -> Journaled {
+        let slot = (w & ((1 << JOURNAL_SLOT_BITS) - 1)) as u32;
+        if w & JOURNAL_ENDED != 0 {
+            Journaled::Ended { slot }
+        } else {
+            Journaled::Added { slot, uid: w >> JOURNAL_SLOT_BITS }
+        }
+    }
+
+    pub fn slot(self) -> u32 {
+        match self {
+            Journaled::Added { slot, .. } | Journaled::Ended { slot } => slot,
+        }
+    }
+}
+
+/// A record's uid as a journal entry holds it: its low 39 bits.
 pub fn journal_uid(uid: u64) -> u64 {
-    uid & (u64::MAX >> JOURNAL_SLOT_BITS)
+    uid & (!JOURNAL_ENDED >> JOURNAL_SLOT_BITS)
 }
 
 /// A table or record slot is empty.

@@ -104,9 +104,10 @@ impl Reader {
     }
 
     /// The same for an outbound lookup of `dst`, at the longest prefix length present
-    /// (most SAs select single client addresses); `None` if no length is.
+    /// (most SAs select single client addresses), and that length; `None` if no length
+    /// is.
     #[inline]
-    pub fn lpm_bucket(&self, s: &Snapshot, dst: &IpAddr) -> Option<(&AtomicU64, u32)> {
+    pub fn lpm_bucket(&self, s: &Snapshot, dst: &IpAddr) -> Option<(&AtomicU64, u32, u32)> {
         let len = match dst {
             IpAddr::V4(_) => (s.lpm_v4 & ((1u64 << 33) - 1)).checked_ilog2()?,
             IpAddr::V6(_) => {
@@ -120,7 +121,7 @@ impl Reader {
             }
         };
         let h = LpmKey::masked(dst, len as u8).hash(self.db.seed);
-        Some((self.db.lpm_table(Self::which(s, TableId::Lpm)).first(h), (h >> 32) as u32))
+        Some((self.db.lpm_table(Self::which(s, TableId::Lpm)).first(h), (h >> 32) as u32, len))
     }
 
     /// The inbound SA with this SPI.
@@ -223,10 +224,10 @@ impl Reader {
         self.db.header().journal_head.load(Acquire)
     }
 
-    /// The `n`th record added, as (slot, uid as `journal_uid` gives it), if the journal
-    /// still holds it (the writer overwrites entries `JOURNAL_LEN` behind its head).
-    /// Untrusted like everything here: the caller checks the record's uid before use.
-    pub fn journal_entry(&self, n: u64) -> Option<(u32, u64)> {
+    /// The `n`th journal entry, if the journal still holds it (the writer overwrites
+    /// entries `JOURNAL_LEN` behind its head). Untrusted like everything here: the caller
+    /// checks an added record's uid before use.
+    pub fn journal_entry(&self, n: u64) -> Option<Journaled> {
         let head = self.journal_head();
         if n >= head || head - n > JOURNAL_LEN as u64 {
             return None;
@@ -236,7 +237,21 @@ impl Reader {
         if self.journal_head() - n > JOURNAL_LEN as u64 {
             return None;
         }
-        Some(journal_parts(e))
+        Some(Journaled::of(e))
+    }
+
+    /// Whether what a worker found in `slot` (the record with `uid`, visible at the
+    /// snapshot it looked up in) may be trusted until the journal names the slot:
+    /// the record is live, still has that uid, and has no end, not even in a batch not
+    /// yet published. Any later change to its visibility starts with an end, which the
+    /// writer journals after setting it; so a worker that read the journal's head before
+    /// this check (at its snapshot) and walks the journal at each new snapshot learns of
+    /// the change before any snapshot in which it is visible.
+    #[inline]
+    pub fn trustable(&self, slot: u32, uid: u64) -> bool {
+        self.db.record(slot).is_some_and(|r| {
+            r.until_gen.load(Acquire) == FOREVER && r.state.load(Acquire) == state::LIVE && r.uid.load(Acquire) == uid
+        })
     }
 
     /// Whether `slot` holds a live record (visible now, or in a batch about to be

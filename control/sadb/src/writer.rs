@@ -277,6 +277,14 @@ impl Writer {
         }
     }
 
+    /// Append `word` to the journal (after the change it names is in the record).
+    fn journal(&self, word: u64) {
+        let h = self.db.header();
+        let n = h.journal_head.load(Relaxed);
+        self.db.journal()[n as usize % JOURNAL_LEN].store(word, Release);
+        h.journal_head.store(n + 1, Release);
+    }
+
     fn publish(&mut self, g: u64) {
         self.db.header().generation.0.store(g, SeqCst);
         self.g = g;
@@ -753,10 +761,7 @@ impl Batch<'_> {
         }
         // Live and linked: tell the dataplane's builder (a new SA is prepared before its
         // first packet; one rolled back is never found under this uid).
-        let h = self.w.db.header();
-        let n = h.journal_head.load(Relaxed);
-        self.w.db.journal()[n as usize % JOURNAL_LEN].store(journal_word(slot, uid), Release);
-        h.journal_head.store(n + 1, Release);
+        self.w.journal(journal_word(slot, uid));
         self.added.push(slot);
         self.overlay.insert((p.direction, p.spi), Some(slot));
         self.keys.insert(fp, Some(slot));
@@ -780,6 +785,9 @@ impl Batch<'_> {
             self.w.free.push(slot);
         } else {
             self.w.record(slot).until_gen.store(self.generation, Release);
+            // Workers that trust what they know of the slot must stop (see
+            // `Reader::trustable`); the end is set first.
+            self.w.journal(journal_end_word(slot));
             self.removed.push(slot);
         }
         self.overlay.insert((dir, spi), None);

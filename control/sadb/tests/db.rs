@@ -353,7 +353,7 @@ fn corrupt_records_and_indexes_are_not_followed() {
 
 #[test]
 fn the_journal_names_every_added_record_until_it_is_overwritten() {
-    use natt_sadb::layout::JOURNAL_LEN;
+    use natt_sadb::layout::{JOURNAL_LEN, Journaled};
     let d = TmpDir::new("journal");
     let mut w = Writer::create(&d.0, "t", 16).unwrap();
     let r = Reader::attach(&d.0, "t").unwrap();
@@ -368,16 +368,24 @@ fn the_journal_names_every_added_record_until_it_is_overwritten() {
     b.replace(&inbound(1, 0)).unwrap();
     b.remove(Direction::Outbound, outbound(1, 0).spi).unwrap();
     b.commit().unwrap();
-    assert_eq!(r.journal_head(), 3, "a replace adds a record, a removal none");
+    assert_eq!(r.journal_head(), 5, "a replace ends a record and adds one, a removal ends one");
     let s = r.snapshot();
     let now_in = r.inbound(&s, inbound(1, 0).spi).unwrap();
-    let (slot, uid) = r.journal_entry(2).unwrap();
+    let Some(Journaled::Added { slot: old_slot, uid: old_uid }) = r.journal_entry(0) else { panic!() };
+    let Some(Journaled::Added { slot: out_slot, .. }) = r.journal_entry(1) else { panic!() };
+    assert_eq!(r.journal_entry(2), Some(Journaled::Ended { slot: old_slot }), "the replaced record's end first");
+    let Some(Journaled::Added { slot, uid }) = r.journal_entry(3) else { panic!() };
     assert_eq!((slot, uid), (now_in.slot, now_in.uid));
+    assert_eq!(r.journal_entry(4), Some(Journaled::Ended { slot: out_slot }));
     assert!(r.is_live(slot, uid));
-    let (old_slot, old_uid) = r.journal_entry(0).unwrap();
     assert!(old_uid < uid);
     assert!(!r.is_live(old_slot, old_uid + 100), "another uid");
-    assert_eq!(r.journal_entry(3), None, "not written yet");
+    assert_eq!(r.journal_entry(5), None, "not written yet");
+    // Only the record with no end, and with its own uid, may be trusted.
+    assert!(r.trustable(slot, uid));
+    assert!(!r.trustable(slot, uid + 1));
+    assert!(!r.trustable(old_slot, old_uid), "ended (and drained away later)");
+    assert!(!r.trustable(u32::MAX, uid));
     // Past JOURNAL_LEN additions the oldest entries are gone, and say so.
     for i in 0..JOURNAL_LEN as u32 / 2 {
         let mut b = w.batch();
@@ -387,9 +395,10 @@ fn the_journal_names_every_added_record_until_it_is_overwritten() {
         w.housekeeping(0, Readers::None);
     }
     let head = r.journal_head();
-    assert_eq!(head, 3 + JOURNAL_LEN as u64);
-    assert_eq!(r.journal_entry(2), None, "overwritten");
-    assert!(r.journal_entry(3).is_some());
-    let (slot, uid) = r.journal_entry(head - 1).unwrap();
+    assert_eq!(head, 5 + 2 * JOURNAL_LEN as u64 - 1, "the first round added SA 2, the others replaced it");
+    assert_eq!(r.journal_entry(head - JOURNAL_LEN as u64 - 1), None, "overwritten");
+    assert!(r.journal_entry(head - JOURNAL_LEN as u64).is_some());
+    let Some(Journaled::Added { slot, uid }) = r.journal_entry(head - 1) else { panic!() };
     assert!(r.is_live(slot, uid));
+    assert!(r.trustable(slot, uid));
 }

@@ -13,7 +13,7 @@ use crossbeam_queue::ArrayQueue;
 use natt_engine::crypto::{AeadKey, Backend};
 use natt_engine::sa::{Direction, SaEntry, SaParams, SaRuntime};
 use natt_sadb::Reader;
-use natt_sadb::layout::journal_uid;
+use natt_sadb::layout::{Journaled, journal_uid};
 
 use crate::dispatch::Owners;
 
@@ -204,10 +204,15 @@ impl<'a, B: Backend> Builder<'a, B> {
             return None;
         }
         match self.reader.journal_entry(self.pos) {
-            Some((slot, uid40)) => {
+            Some(Journaled::Added { slot, uid: uid39 }) => {
                 self.pos += 1;
-                let uid = self.reader.uid(slot).filter(|&u| journal_uid(u) == uid40 && self.reader.is_live(slot, u));
+                let uid = self.reader.uid(slot).filter(|&u| journal_uid(u) == uid39 && self.reader.is_live(slot, u));
                 Some(uid.map(|u| (slot, u)))
+            }
+            Some(Journaled::Ended { .. }) => {
+                // Nothing to build (the worker that holds it finds out by itself).
+                self.pos += 1;
+                Some(None)
             }
             None => {
                 // Overwritten before we read it: whatever was added since may be

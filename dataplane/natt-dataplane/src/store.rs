@@ -11,6 +11,14 @@
 //!
 //! Only SAs this worker owns are ever loaded: that, not the dispatch stage, is what
 //! guarantees one sequence counter and one replay window per SA.
+//!
+//! A state found through the record once is then trusted (`SaRuntime::store_mark`)
+//! until the table's journal names its slot: its record had no end when checked
+//! (`Reader::trustable`), and the writer journals every end, so a lookup that meets a
+//! trusted state in the bucket it hashes to needs neither the record nor the rest of
+//! the chain. At each new generation the worker walks the journal entries since the
+//! last one and takes the trust of the slots they name; when it has fallen too far
+//! behind it takes everyone's at once (`distrust_all`).
 
 use crate::dispatch::Owners;
 use crate::prepare::{Built, Lanes};
@@ -26,7 +34,7 @@ use natt_sadb::reader::{Found, Snapshot};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 /// A NAT endpoint change for an outbound SA another worker owns.
 pub type NatUpdate = (u32, Endpoint);
@@ -88,6 +96,9 @@ pub struct StoreCounters {
     pub built_here: u64,
     /// SA states this worker freed itself because the builder's lane was full.
     pub freed_here: u64,
+    /// Times the worker stopped trusting every state it held (the journal had moved on
+    /// by more than `WALK_MAX` entries between two generations it saw).
+    pub distrusts: u64,
 }
 
 /// Built states taken from the builder's lane per loop, at most (`take_prepared`).
@@ -112,8 +123,16 @@ pub struct ShmStore<'a, B: Backend> {
     hints: Box<[Option<OutHint>; HINTS]>,
     /// The hints used with many SAs (`many_sas`), beside the other fields.
     hints_few: [Option<OutHint>; HINTS_FEW],
+    /// The mark of a trusted state now (`SaRuntime::store_mark`; never 0, which no
+    /// state is trusted with), and the journal entries walked so far.
+    mark: u8,
+    walked: u64,
     pub counters: StoreCounters,
 }
+
+/// Journal entries walked at one new generation, at most; with more, the worker
+/// trusts nothing it knows rather than stop polling to read them (a large batch).
+const WALK_MAX: u64 = 1024;
 
 impl<'a, B: Backend> ShmStore<'a, B> {
     pub fn new(
@@ -129,6 +148,9 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         cache.resize_with(capacity, || None);
         let mut prepared = Vec::new();
         prepared.resize_with(capacity, || None);
+        // The journal's head before anything is looked up: every end from here on is
+        // walked (see `refresh`).
+        let walked = reader.journal_head();
         ShmStore {
             reader,
             owners,
@@ -143,6 +165,8 @@ impl<'a, B: Backend> ShmStore<'a, B> {
             inboxes,
             hints: vec![None; HINTS].into_boxed_slice().try_into().expect("HINTS entries"),
             hints_few: [None; HINTS_FEW],
+            mark: 1,
+            walked,
             counters: StoreCounters::default(),
         }
     }
@@ -151,8 +175,71 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// nothing read under an older one is referenced any more).
     #[inline]
     pub fn refresh(&mut self) -> u64 {
+        let before = self.snap.generation;
         self.snap = self.reader.snapshot();
+        if self.snap.generation != before {
+            self.walk_journal();
+        }
         self.snap.generation
+    }
+
+    /// Take the trust of every slot the journal named since the last walk. Its head is
+    /// read after the snapshot's generation: every end published at or before it is
+    /// walked now, before any lookup under that snapshot.
+    #[cold]
+    fn walk_journal(&mut self) {
+        let head = self.reader.journal_head();
+        if head < self.walked || head - self.walked > WALK_MAX {
+            self.distrust_all();
+            self.walked = head;
+            return;
+        }
+        while self.walked < head {
+            let Some(j) = self.reader.journal_entry(self.walked) else {
+                self.distrust_all();
+                self.walked = head;
+                return;
+            };
+            if let Some(Some(c)) = self.cache.get_mut(j.slot() as usize) {
+                c.entry.rt.store_mark = 0;
+            }
+            self.walked += 1;
+        }
+    }
+
+    /// Trust no state held now: a new mark; after 255 of them, the old marks wiped.
+    #[cold]
+    fn distrust_all(&mut self) {
+        self.counters.distrusts += 1;
+        self.mark = self.mark.wrapping_add(1);
+        if self.mark == 0 {
+            self.mark = 1;
+            for c in self.cache.iter_mut().flatten() {
+                c.entry.rt.store_mark = 0;
+            }
+        }
+    }
+
+    /// The state in `slot`, if trusted, of an SA with this direction and SPI.
+    #[inline]
+    fn trusted(&self, slot: u32, dir: Direction, spi: u32) -> bool {
+        self.cache.get(slot as usize).is_some_and(|c| {
+            c.as_ref().is_some_and(|c| {
+                let rt = &c.entry.rt;
+                rt.store_mark == self.mark && rt.spi == spi && rt.direction == dir
+            })
+        })
+    }
+
+    /// Trust the state loaded for `f` (just looked up through its record under the
+    /// current snapshot) if its record allows (`Reader::trustable`).
+    #[inline]
+    fn trust(&mut self, f: Found) {
+        if self.reader.trustable(f.slot, f.uid) {
+            if let Some(Some(c)) = self.cache.get_mut(f.slot as usize) {
+                c.entry.rt.store_mark = self.mark;
+            }
+        }
     }
 
     /// Apply NAT endpoint changes other workers found for SAs this worker owns.
@@ -229,18 +316,36 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     #[inline]
     pub fn lookup_outbound(&mut self, dst: &IpAddr) -> Option<(Found, u32)> {
         let generation = self.snap.generation;
-        let hint = if self.many_sas() {
-            &mut self.hints_few[hint_index::<HINTS_FEW>(dst)]
-        } else {
-            &mut self.hints[hint_index::<HINTS>(dst)]
-        };
+        let i = if self.many_sas() { hint_index::<HINTS_FEW>(dst) } else { hint_index::<HINTS>(dst) };
+        let hint = if self.many_sas() { &self.hints_few[i] } else { &self.hints[i] };
         if let Some(x) = current(hint, generation, dst) {
             return Some((x.found, x.spi));
         }
-        let found = self.reader.outbound(&self.snap, dst)?;
-        let spi = self.reader.spi(found.slot)?;
+        let (found, spi) = match self.trusted_outbound(dst) {
+            Some(x) => x,
+            None => {
+                let found = self.reader.outbound(&self.snap, dst)?;
+                (found, self.reader.spi(found.slot)?)
+            }
+        };
+        let hint = if self.many_sas() { &mut self.hints_few[i] } else { &mut self.hints[i] };
         *hint = Some(OutHint { generation, dst: *dst, found, spi });
         Some((found, spi))
+    }
+
+    /// The outbound SA for IPv4 `dst` without its record: the first bucket of the
+    /// longest prefix length present names a trusted state whose one peer prefix is of
+    /// that length and covers `dst` (`SaRuntime::selected_by_v4`). Trusted means visible
+    /// now, and no other visible SA holds its selector: it is the longest match.
+    #[inline]
+    fn trusted_outbound(&self, dst: &IpAddr) -> Option<(Found, u32)> {
+        let IpAddr::V4(a) = dst else { return None };
+        let (b, tag, len) = self.reader.lpm_bucket(&self.snap, dst)?;
+        let slot = slot_named(b.load(Acquire), tag)?;
+        let c = self.cache.get(slot as usize)?.as_ref()?;
+        let rt = &c.entry.rt;
+        (rt.store_mark == self.mark && rt.selected_by_v4(a.to_bits(), len))
+            .then_some((Found { slot, uid: c.uid }, rt.spi))
     }
 
     /// More SAs than hints: a destination's hint is mostly taken before it comes back.
@@ -398,11 +503,12 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// the next needs, so that no pass waits on a miss started just before: the first
     /// bucket of each lookup's chain (`start`: it and the tag to match there), or for a
     /// destination remembered in the hints, the slot they name and its cache entry; then,
-    /// buckets now near, the record the bucket names and this worker's cache entry for it;
+    /// buckets now near, this worker's cache entry for the slot the bucket names;
     /// then the head of the runtime state (`SaRuntime::HEAD_LEN`), for inbound lookups its
     /// peer line (NAT endpoint and replay window, `SaRuntime::peer_line`), and
     /// the line of its key that tells the rest (`AeadKey::lead`); then, the head now near,
-    /// what the checks read of the rest (`SaRuntime::check_spans`: the selector sets, where
+    /// the record where the state is not trusted (the lookup will read it: see the
+    /// module's notes), and what the checks read of the rest (`SaRuntime::check_spans`: the selector sets, where
     /// the head's own IPv4 selectors do not decide; outbound SAs' addresses where they have
     /// no outer header template), the replay word of `seq` and, for the
     /// first `CRYPTO_AHEAD` packets only, what their crypto reads of the key
@@ -436,9 +542,6 @@ impl<'a, B: Backend> ShmStore<'a, B> {
                 Start::Bucket(b, tag) => {
                     if let Some(x) = slot_named(b.load(Relaxed), tag) {
                         *s = x;
-                        if let Some(r) = self.reader.db().record(x) {
-                            prefetch::line(r);
-                        }
                         self.prefetch_cache_entry(x);
                     }
                 }
@@ -459,6 +562,12 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         for (i, (&s, &k)) in slots.iter().zip(keys).enumerate() {
             if let Some(Some(c)) = self.cache.get(s as usize) {
                 let rt = &c.entry.rt;
+                if rt.store_mark != self.mark {
+                    // Not trusted: its lookup reads the record.
+                    if let Some(r) = self.reader.db().record(s) {
+                        prefetch::line(r);
+                    }
+                }
                 rt.check_spans(&mut |at, n| prefetch::span(at, n));
                 if i < CRYPTO_AHEAD {
                     rt.key_spans(len(k) as usize, &mut |at, n| prefetch::span(at, n));
@@ -512,7 +621,7 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
     fn look_ahead_outbound(&mut self, keys: &[OutboundAhead]) {
         let (r, s) = (self.reader, self.snap);
         let bucket =
-            |k: OutboundAhead| r.lpm_bucket(&s, &k.dst).map_or(Start::Nowhere, |(b, tag)| Start::Bucket(b, tag));
+            |k: OutboundAhead| r.lpm_bucket(&s, &k.dst).map_or(Start::Nowhere, |(b, tag, _)| Start::Bucket(b, tag));
         if self.many_sas() {
             // Destinations rarely come back before their hint is taken: not worth a look.
             self.look_ahead(keys, false, bucket, |_| None, |k| k.len);
@@ -529,14 +638,29 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
 
     #[inline]
     fn inbound(&mut self, spi: u32) -> Result<u32, DropReason> {
+        // A trusted state in the first bucket: no record, no chain.
+        let (b, tag) = self.reader.spi_bucket(&self.snap, Direction::Inbound, spi);
+        if let Some(slot) = slot_named(b.load(Acquire), tag) {
+            if self.trusted(slot, Direction::Inbound, spi) {
+                return Ok(slot);
+            }
+        }
         let f = self.reader.inbound(&self.snap, spi).ok_or(DropReason::NoSa)?;
-        self.ensure(f, Direction::Inbound)
+        let slot = self.ensure(f, Direction::Inbound)?;
+        self.trust(f);
+        Ok(slot)
     }
 
     #[inline]
     fn outbound(&mut self, dst: &IpAddr) -> Result<u32, DropReason> {
-        let (found, _) = self.lookup_outbound(dst).ok_or(DropReason::NoOutboundSa)?;
-        self.ensure(found, Direction::Outbound)
+        let (found, spi) = self.lookup_outbound(dst).ok_or(DropReason::NoOutboundSa)?;
+        // Found under this snapshot, and the state there trusted: it is that SA's.
+        if self.trusted(found.slot, Direction::Outbound, spi) {
+            return Ok(found.slot);
+        }
+        let slot = self.ensure(found, Direction::Outbound)?;
+        self.trust(found);
+        Ok(slot)
     }
 
     #[inline]

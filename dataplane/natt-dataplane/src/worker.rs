@@ -635,6 +635,7 @@ impl<'a> Worker<'a> {
         b.set(Counter::sa_loads, s.loads);
         b.set(Counter::sa_built_here, s.built_here);
         b.set(Counter::sa_freed_here, s.freed_here);
+        b.set(Counter::sa_distrusts, s.distrusts);
         b.set(Counter::bursts, io.bursts);
         b.set(Counter::polls, io.polls);
         b.set(Counter::linearized, io.linearized);

@@ -100,6 +100,11 @@ pub struct SaRuntime<K> {
     /// `local` is an IPv6 address; if not, `local4` is its IPv4 address
     /// (`Ipv4Addr::to_bits`), so that an inbound packet's destination check reads the head.
     pub(crate) local_v6: bool,
+    /// The store's own byte, in the head that every lookup reads: the engine never
+    /// reads or writes it after construction (0), and `carry_over` leaves it alone.
+    /// The dataplane's store keeps there whether it trusts what it knows of the SA
+    /// without reading its record. (It fills what was padding.)
+    pub store_mark: u8,
     pub(crate) local4: u32,
     /// Outbound: last sequence number used.
     pub seq: u64,
@@ -168,6 +173,7 @@ impl<K: AeadKey> SaRuntime<K> {
             encap: p.encap,
             local: p.local,
             local_v6: p.local.is_ipv6(),
+            store_mark: 0,
             local4: match p.local {
                 IpAddr::V4(a) => a.to_bits(),
                 IpAddr::V6(_) => 0,
@@ -251,6 +257,17 @@ impl<K: AeadKey> SaRuntime<K> {
         self.soft_fired = old.soft_fired;
         self.stats = old.stats.clone();
         self.update_next_limits();
+    }
+
+    /// Whether this outbound SA covers IPv4 destination `dst` (`Ipv4Addr::to_bits`) with
+    /// a peer selector of exactly `len` bits, as the head's selectors tell (tunnel mode
+    /// with one IPv4 prefix a side, the common case: `false` for any other SA, whatever
+    /// its selectors). A store that found the SA without reading its record checks the
+    /// longest-prefix match with this.
+    #[inline]
+    pub fn selected_by_v4(&self, dst: u32, len: u32) -> bool {
+        let (addr, mask) = self.sel4[1];
+        self.sel4_exact && self.direction == Direction::Outbound && mask.count_ones() == len && dst & mask == addr
     }
 
     /// Besides the head (`HEAD_LEN`), the parts of this state that a packet with
@@ -419,6 +436,7 @@ mod tests {
             ("lifetime thresholds", offset_of!(Rt, next_limit_bytes) + 8),
             ("outer header template", offset_of!(Rt, outer4_sum) + 4),
             ("packet and byte counts", offset_of!(Rt, stats) + 16),
+            ("the store's mark", offset_of!(Rt, store_mark) + 1),
         ] {
             assert!(end <= head, "{what} ends at {end}, past the head ({head})");
         }
@@ -579,5 +597,40 @@ mod tests {
         assert!(rt.sel4_exact);
         assert!(rt.local_has_v4(0x0a01_0203) && !rt.local_has_v4(0x0b01_0203));
         assert!(rt.peer_has_v4(0xc0a8_0102) && !rt.peer_has_v4(0xc0a8_0103));
+    }
+
+    #[test]
+    fn an_outbound_sa_is_selected_through_the_head_only_by_its_one_ipv4_prefix_at_its_length() {
+        use crate::crypto::Ring;
+        let make = |direction: &str, mode: &str, peer: &[&str]| {
+            let sa = serde_json::json!({
+                "name": "a", "spi": 4096, "direction": direction, "mode": mode, "algorithm": "aes128-gcm",
+                "key": "00112233445566778899aabbccddeeff", "salt": "01020304",
+                "local": "203.0.113.1", "peer": "198.51.100.7",
+                "selectors": {"local": ["10.0.0.0/8"], "peer": peer},
+            });
+            SaRuntime::new::<Ring>(&crate::sa::config::parse_sa(&sa).expect("valid SA")).expect("key")
+        };
+        let (host, net) = (0xc0a8_0102u32, 0xc0a8_0100u32);
+        let rt = make("outbound", "tunnel", &["192.168.1.2/32"]);
+        assert!(rt.selected_by_v4(host, 32));
+        assert!(!rt.selected_by_v4(host, 24) && !rt.selected_by_v4(host + 1, 32));
+        let rt = make("outbound", "tunnel", &["192.168.1.0/24", "2001:db8::/32"]);
+        assert!(rt.selected_by_v4(host, 24) && rt.selected_by_v4(net + 255, 24));
+        assert!(!rt.selected_by_v4(host, 32) && !rt.selected_by_v4(0xc0a8_0202, 24));
+        let rt = make("outbound", "tunnel", &["0.0.0.0/0"]);
+        assert!(rt.selected_by_v4(host, 0) && rt.selected_by_v4(0, 0));
+        // What the head cannot decide, never: two IPv4 prefixes, none, transport mode,
+        // and an inbound SA.
+        for rt in [
+            make("outbound", "tunnel", &["192.168.1.2/32", "192.168.1.3/32"]),
+            make("outbound", "tunnel", &["2001:db8::/32"]),
+            make("outbound", "transport", &["192.168.1.2/32"]),
+            make("inbound", "tunnel", &["192.168.1.2/32"]),
+        ] {
+            for len in [0, 24, 32] {
+                assert!(!rt.selected_by_v4(host, len) && !rt.selected_by_v4(0, len) && !rt.selected_by_v4(1, len));
+            }
+        }
     }
 }
