@@ -67,6 +67,7 @@ wire; intel-ipsec-mb, now the default, has no such slow path). AES-128-GCM.
 """
 
 import argparse
+import ctypes
 import datetime
 import hashlib
 import ipaddress
@@ -86,6 +87,13 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BIN = os.environ.get("NATT_BIN_DIR") or os.path.join(ROOT, "target", "release")
 HEADEND = "203.0.113.1"
+
+
+def die_with_us():
+    """`preexec_fn` for the lab's long-running children (dataplanes, testpmd, ipsec-secgw,
+    the daemon): the kernel sends them SIGTERM when this harness dies, however it dies,
+    so that an interrupted run leaves no busy-polling process on the lab's cores."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def sh(cmd, **kw):
@@ -259,7 +267,7 @@ class Lab:
         return cmd, stats
 
     def run_dut(self, cmd, stats):
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=die_with_us)
         if p.returncode != 0:
             sys.exit(f"{' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
         with open(stats) as f:
@@ -272,7 +280,7 @@ class Lab:
                "--forward-mode=io", "-a", f"--stats-period=1", f"--total-num-mbufs={mbufs}"]
         if "--in-memory" not in self.mem:
             cmd[4:4] = ["--file-prefix", "natt-perf-testpmd"]
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_us)
         time.sleep(seconds)
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=60)
@@ -374,7 +382,8 @@ def main():
             gen_cmd, _ = lab.dataplane("0", [f"net_memif0,role=server,socket={sock},rsize=14",
                                              f"net_pcap1,rx_pcap={plain_in},tx_pcap=/dev/null,infinite_rx=1"],
                                        f"gen{n}", mbufs, args.seconds + 4)
-            gen = subprocess.Popen(gen_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            gen = subprocess.Popen(gen_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=die_with_us)
             time.sleep(1.5)
             cmd, st = lab.dataplane("1", [f"net_memif0,role=client,socket={sock},rsize=14", "net_null1,no-rx=1"], f"dut{n}", 65536,
                                     args.seconds)
@@ -510,7 +519,8 @@ class Rekeyer:
         self.log = open(os.path.join(self.lab.work, f"{self.name}.daemon.log"), "w")
         self.daemon = subprocess.Popen(
             [os.path.join(BIN, "natt-control"), "--name", self.name, "--shm-dir", self.lab.shm, "--state-dir",
-             self.lab.work, "run", "--http", "off", "--quiet"], stdout=self.log, stderr=self.log)
+             self.lab.work, "run", "--http", "off", "--quiet"], stdout=self.log, stderr=self.log,
+            preexec_fn=die_with_us)
         for _ in range(100):
             conn = socket.socket(socket.AF_UNIX)
             try:

@@ -109,7 +109,7 @@ def secgw_rate(lab, binary, cfg, vdevs, mbufs, seconds, startup=900):
         cmd += ["--vdev", v]
     cmd += ["--", "-p", "0x3", "-P", "-u", "0x1", "-l", "-t", "1", "-s", str(mbufs), "-f", cfg,
             "--config", "(0,0,1),(1,0,1)", "--rxoffload", "0", "--txoffload", "0"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=run.die_with_us)
     killer = threading.Timer(startup + seconds, p.kill)
     killer.start()
     out, totals = [], []
