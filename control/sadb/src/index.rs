@@ -26,6 +26,31 @@ pub fn slot_named(e: u64, tag: u32) -> Option<u32> {
     low.checked_sub(1)
 }
 
+/// Where a lookup goes in one table: the probe chain of hash `h`, and the tag its
+/// entries carry. For a reader that looks ahead: prefetch `first`, then `named` is most
+/// likely the record the lookup reads.
+#[derive(Clone, Copy)]
+pub struct Chain<'a> {
+    pub table: Table<'a>,
+    pub h: u64,
+    pub tag: u32,
+}
+
+impl<'a> Chain<'a> {
+    /// The chain's first bucket.
+    #[inline]
+    pub fn first(&self) -> &'a AtomicU64 {
+        self.table.first(self.h)
+    }
+
+    /// The slot of the chain's first entry with the tag (most entries sit in their first
+    /// bucket, some a few further on, in the same cache line), without reading records.
+    #[inline]
+    pub fn named(&self) -> Option<u32> {
+        self.table.find(self.h, self.tag, Some)
+    }
+}
+
 /// One table: a power-of-two slice of buckets.
 #[derive(Clone, Copy)]
 pub struct Table<'a> {

@@ -4,11 +4,11 @@
 //! live and visible at the snapshot's generation, and decoded only after validation.
 
 use crate::db::{AttachError, Sadb, TableId, active_bit};
+use crate::index::Chain;
 use crate::layout::*;
 use crate::map::Mapping;
 use crate::record::{LpmKey, RecordError, decode, has_peer_selector};
 use core::net::IpAddr;
-use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Acquire, Relaxed};
 use natt_engine::sa::{Direction, SaParams};
 use std::path::Path;
@@ -95,19 +95,23 @@ impl Reader {
         })
     }
 
-    /// Where a lookup of `spi` starts: its first bucket, and the tag an entry for it has
-    /// there. For looking ahead across a burst: prefetch the bucket, then
-    /// `index::slot_named` of its value is most likely the record the lookup will read.
+    /// Where a lookup of `spi` goes: its probe chain, whose entries for it carry the SPI
+    /// as their tag. For looking ahead across a burst (prefetch `Chain::first`) and for a
+    /// worker that trusts the state of the slot `Chain::named` names.
     #[inline]
-    pub fn spi_bucket(&self, s: &Snapshot, dir: Direction, spi: u32) -> (&AtomicU64, u32) {
-        (self.db.spi_table(dir, Self::which(s, TableId::spi(dir))).first(spi_hash(self.db.seed, spi)), spi)
+    pub fn spi_chain(&self, s: &Snapshot, dir: Direction, spi: u32) -> Chain<'_> {
+        Chain {
+            table: self.db.spi_table(dir, Self::which(s, TableId::spi(dir))),
+            h: spi_hash(self.db.seed, spi),
+            tag: spi,
+        }
     }
 
     /// The same for an outbound lookup of `dst`, at the longest prefix length present
     /// (most SAs select single client addresses), and that length; `None` if no length
     /// is.
     #[inline]
-    pub fn lpm_bucket(&self, s: &Snapshot, dst: &IpAddr) -> Option<(&AtomicU64, u32, u32)> {
+    pub fn lpm_chain(&self, s: &Snapshot, dst: &IpAddr) -> Option<(Chain<'_>, u32)> {
         let len = match dst {
             IpAddr::V4(_) => (s.lpm_v4 & ((1u64 << 33) - 1)).checked_ilog2()?,
             IpAddr::V6(_) => {
@@ -121,7 +125,7 @@ impl Reader {
             }
         };
         let h = LpmKey::masked(dst, len as u8).hash(self.db.seed);
-        Some((self.db.lpm_table(Self::which(s, TableId::Lpm)).first(h), (h >> 32) as u32, len))
+        Some((Chain { table: self.db.lpm_table(Self::which(s, TableId::Lpm)), h, tag: (h >> 32) as u32 }, len))
     }
 
     /// The inbound SA with this SPI.

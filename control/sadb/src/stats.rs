@@ -79,6 +79,7 @@ counters! {
     sa_built_here = 37: "of sa_loads, SAs the worker built itself (allocating on its core) because their first packet came before the SA builder's state did",
     sa_freed_here = 38: "SA states the worker freed itself (on its core) because the SA builder's return lane was full",
     sa_distrusts = 39: "times the worker stopped trusting every SA state it held and went back to each SA's record (the table changed by more than it walks between two snapshots)",
+    sa_record_lookups = 40: "SA lookups that read the SA's record in the shared table (its state was not loaded or not trusted; see \"Trusted states\")",
 }
 
 /// One worker's block.

@@ -14,9 +14,9 @@
 //!
 //! A state found through the record once is then trusted (`SaRuntime::store_mark`)
 //! until the table's journal names its slot: its record had no end when checked
-//! (`Reader::trustable`), and the writer journals every end, so a lookup that meets a
-//! trusted state in the bucket it hashes to needs neither the record nor the rest of
-//! the chain. At each new generation the worker walks the journal entries since the
+//! (`Reader::trustable`), and the writer journals every end, so a lookup whose probe
+//! chain names a trusted state (the first entry with its tag, read from the buckets
+//! alone) needs no record. At each new generation the worker walks the journal entries since the
 //! last one and takes the trust of the slots they name; when it has fallen too far
 //! behind it takes everyone's at once (`distrust_all`).
 
@@ -29,12 +29,10 @@ use natt_engine::reason::DropReason;
 use natt_engine::sa::{CRYPTO_AHEAD, Direction, Endpoint, InboundAhead, OutboundAhead, SaEntry, SaRuntime, SaStore};
 use natt_sadb::Reader;
 use natt_sadb::dp::Reservations;
-use natt_sadb::index::slot_named;
+use natt_sadb::index::Chain;
 use natt_sadb::reader::{Found, Snapshot};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 /// A NAT endpoint change for an outbound SA another worker owns.
 pub type NatUpdate = (u32, Endpoint);
@@ -96,6 +94,8 @@ pub struct StoreCounters {
     pub built_here: u64,
     /// SA states this worker freed itself because the builder's lane was full.
     pub freed_here: u64,
+    /// Lookups that read the SA's record: the state was not held, or not trusted.
+    pub record_lookups: u64,
     /// Times the worker stopped trusting every state it held (the journal had moved on
     /// by more than `WALK_MAX` entries between two generations it saw).
     pub distrusts: u64,
@@ -324,6 +324,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         let (found, spi) = match self.trusted_outbound(dst) {
             Some(x) => x,
             None => {
+                self.counters.record_lookups += 1;
                 let found = self.reader.outbound(&self.snap, dst)?;
                 (found, self.reader.spi(found.slot)?)
             }
@@ -333,15 +334,15 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         Some((found, spi))
     }
 
-    /// The outbound SA for IPv4 `dst` without its record: the first bucket of the
-    /// longest prefix length present names a trusted state whose one peer prefix is of
+    /// The outbound SA for IPv4 `dst` without its record: the chain of the longest
+    /// prefix length present names a trusted state whose one peer prefix is of
     /// that length and covers `dst` (`SaRuntime::selected_by_v4`). Trusted means visible
     /// now, and no other visible SA holds its selector: it is the longest match.
     #[inline]
     fn trusted_outbound(&self, dst: &IpAddr) -> Option<(Found, u32)> {
         let IpAddr::V4(a) = dst else { return None };
-        let (b, tag, len) = self.reader.lpm_bucket(&self.snap, dst)?;
-        let slot = slot_named(b.load(Acquire), tag)?;
+        let (chain, len) = self.reader.lpm_chain(&self.snap, dst)?;
+        let slot = chain.named()?;
         let c = self.cache.get(slot as usize)?.as_ref()?;
         let rt = &c.entry.rt;
         (rt.store_mark == self.mark && rt.selected_by_v4(a.to_bits(), len))
@@ -501,9 +502,10 @@ impl<'a, B: Backend> ShmStore<'a, B> {
 
     /// Look ahead for the lookups of a burst, in four passes, each starting the loads
     /// the next needs, so that no pass waits on a miss started just before: the first
-    /// bucket of each lookup's chain (`start`: it and the tag to match there), or for a
-    /// destination remembered in the hints, the slot they name and its cache entry; then,
-    /// buckets now near, this worker's cache entry for the slot the bucket names;
+    /// bucket of each lookup's chain (`start`), or for a destination remembered in the
+    /// hints, the slot they name and its cache entry; then, buckets now near, this
+    /// worker's cache entry for the slot the chain names (`Chain::named`: most often in
+    /// the first bucket, else a few further on in the same line);
     /// then the head of the runtime state (`SaRuntime::HEAD_LEN`), for inbound lookups its
     /// peer line (NAT endpoint and replay window, `SaRuntime::peer_line`), and
     /// the line of its key that tells the rest (`AeadKey::lead`); then, the head now near,
@@ -531,7 +533,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         for (b, &k) in starts.iter_mut().zip(keys) {
             *b = start(k);
             match b {
-                Start::Bucket(b, _) => prefetch::line(*b),
+                Start::Chain(c) => prefetch::line(c.first()),
                 Start::Slot(x) => self.prefetch_cache_entry(*x),
                 Start::Nowhere => {}
             }
@@ -539,8 +541,8 @@ impl<'a, B: Backend> ShmStore<'a, B> {
         let mut slots = [u32::MAX; LOOK_AHEAD_MAX];
         for (s, b) in slots.iter_mut().zip(&starts[..keys.len()]) {
             match *b {
-                Start::Bucket(b, tag) => {
-                    if let Some(x) = slot_named(b.load(Relaxed), tag) {
+                Start::Chain(c) => {
+                    if let Some(x) = c.named() {
                         *s = x;
                         self.prefetch_cache_entry(x);
                     }
@@ -580,12 +582,12 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     }
 }
 
-/// Where a look-ahead starts for one key: the first bucket of its lookup and the tag
-/// to match there, or the slot a hint already names.
+/// Where a look-ahead starts for one key: the probe chain of its lookup, or the slot a
+/// hint already names.
 #[derive(Clone, Copy)]
 enum Start<'a> {
     Nowhere,
-    Bucket(&'a AtomicU64, u32),
+    Chain(Chain<'a>),
     Slot(u32),
 }
 
@@ -608,10 +610,7 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
         self.look_ahead(
             keys,
             true,
-            |k| {
-                let (b, tag) = r.spi_bucket(&s, Direction::Inbound, k.spi);
-                Start::Bucket(b, tag)
-            },
+            |k| Start::Chain(r.spi_chain(&s, Direction::Inbound, k.spi)),
             |k| Some(u64::from(k.seq)),
             |k| k.len,
         );
@@ -620,8 +619,7 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
     #[inline]
     fn look_ahead_outbound(&mut self, keys: &[OutboundAhead]) {
         let (r, s) = (self.reader, self.snap);
-        let bucket =
-            |k: OutboundAhead| r.lpm_bucket(&s, &k.dst).map_or(Start::Nowhere, |(b, tag, _)| Start::Bucket(b, tag));
+        let bucket = |k: OutboundAhead| r.lpm_chain(&s, &k.dst).map_or(Start::Nowhere, |(c, _)| Start::Chain(c));
         if self.many_sas() {
             // Destinations rarely come back before their hint is taken: not worth a look.
             self.look_ahead(keys, false, bucket, |_| None, |k| k.len);
@@ -638,13 +636,13 @@ impl<B: Backend> SaStore<B::Key> for ShmStore<'_, B> {
 
     #[inline]
     fn inbound(&mut self, spi: u32) -> Result<u32, DropReason> {
-        // A trusted state in the first bucket: no record, no chain.
-        let (b, tag) = self.reader.spi_bucket(&self.snap, Direction::Inbound, spi);
-        if let Some(slot) = slot_named(b.load(Acquire), tag) {
+        // A trusted state where the chain names the SPI: no record.
+        if let Some(slot) = self.reader.spi_chain(&self.snap, Direction::Inbound, spi).named() {
             if self.trusted(slot, Direction::Inbound, spi) {
                 return Ok(slot);
             }
         }
+        self.counters.record_lookups += 1;
         let f = self.reader.inbound(&self.snap, spi).ok_or(DropReason::NoSa)?;
         let slot = self.ensure(f, Direction::Inbound)?;
         self.trust(f);

@@ -636,6 +636,7 @@ impl<'a> Worker<'a> {
         b.set(Counter::sa_built_here, s.built_here);
         b.set(Counter::sa_freed_here, s.freed_here);
         b.set(Counter::sa_distrusts, s.distrusts);
+        b.set(Counter::sa_record_lookups, s.record_lookups);
         b.set(Counter::bursts, io.bursts);
         b.set(Counter::polls, io.polls);
         b.set(Counter::linearized, io.linearized);
