@@ -267,7 +267,10 @@ impl<K: AeadKey> SaRuntime<K> {
     #[inline]
     pub fn selected_by_v4(&self, dst: u32, len: u32) -> bool {
         let (addr, mask) = self.sel4[1];
-        self.sel4_exact && self.direction == Direction::Outbound && mask.count_ones() == len && dst & mask == addr
+        // The mask of `len` bits, compared whole (`count_ones` is a dozen instructions
+        // without POPCNT, which the baseline x86-64 target lacks).
+        let want = u32::MAX.checked_shl(32u32.saturating_sub(len)).unwrap_or(0);
+        self.sel4_exact && self.direction == Direction::Outbound && len <= 32 && mask == want && dst & mask == addr
     }
 
     /// Besides the head (`HEAD_LEN`), the parts of this state that a packet with
@@ -620,6 +623,9 @@ mod tests {
         assert!(!rt.selected_by_v4(host, 32) && !rt.selected_by_v4(0xc0a8_0202, 24));
         let rt = make("outbound", "tunnel", &["0.0.0.0/0"]);
         assert!(rt.selected_by_v4(host, 0) && rt.selected_by_v4(0, 0));
+        assert!(!rt.selected_by_v4(host, 1) && !rt.selected_by_v4(host, 33) && !rt.selected_by_v4(host, u32::MAX));
+        let rt = make("outbound", "tunnel", &["128.0.0.0/1"]);
+        assert!(rt.selected_by_v4(host, 1) && !rt.selected_by_v4(host, 0) && !rt.selected_by_v4(0x7fff_ffff, 1));
         // What the head cannot decide, never: two IPv4 prefixes, none, transport mode,
         // and an inbound SA.
         for rt in [
