@@ -189,21 +189,22 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     #[cold]
     fn walk_journal(&mut self) {
         let head = self.reader.journal_head();
-        if head < self.walked || head - self.walked > WALK_MAX {
+        let mut readable = head >= self.walked && head - self.walked <= WALK_MAX;
+        while readable && self.walked < head {
+            match self.reader.journal_entry(self.walked) {
+                Some(j) => {
+                    if let Some(e) = self.entry_mut(j.slot()) {
+                        e.rt.store_mark = 0;
+                    }
+                    self.walked += 1;
+                }
+                // Overwritten while we read: what it named is lost.
+                None => readable = false,
+            }
+        }
+        if !readable {
             self.distrust_all();
             self.walked = head;
-            return;
-        }
-        while self.walked < head {
-            let Some(j) = self.reader.journal_entry(self.walked) else {
-                self.distrust_all();
-                self.walked = head;
-                return;
-            };
-            if let Some(Some(c)) = self.cache.get_mut(j.slot() as usize) {
-                c.entry.rt.store_mark = 0;
-            }
-            self.walked += 1;
         }
     }
 
@@ -223,21 +224,17 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     /// The state in `slot`, if trusted, of an SA with this direction and SPI.
     #[inline]
     fn trusted(&self, slot: u32, dir: Direction, spi: u32) -> bool {
-        self.cache.get(slot as usize).is_some_and(|c| {
-            c.as_ref().is_some_and(|c| {
-                let rt = &c.entry.rt;
-                rt.store_mark == self.mark && rt.spi == spi && rt.direction == dir
-            })
-        })
+        self.entry(slot).is_some_and(|e| e.rt.store_mark == self.mark && e.rt.spi == spi && e.rt.direction == dir)
     }
 
     /// Trust the state loaded for `f` (just looked up through its record under the
     /// current snapshot) if its record allows (`Reader::trustable`).
     #[inline]
     fn trust(&mut self, f: Found) {
+        let mark = self.mark;
         if self.reader.trustable(f.slot, f.uid) {
-            if let Some(Some(c)) = self.cache.get_mut(f.slot as usize) {
-                c.entry.rt.store_mark = self.mark;
+            if let Some(e) = self.entry_mut(f.slot) {
+                e.rt.store_mark = mark;
             }
         }
     }
@@ -316,8 +313,9 @@ impl<'a, B: Backend> ShmStore<'a, B> {
     #[inline]
     pub fn lookup_outbound(&mut self, dst: &IpAddr) -> Option<(Found, u32)> {
         let generation = self.snap.generation;
-        let i = if self.many_sas() { hint_index::<HINTS_FEW>(dst) } else { hint_index::<HINTS>(dst) };
-        let hint = if self.many_sas() { &self.hints_few[i] } else { &self.hints[i] };
+        let many = self.many_sas();
+        let i = if many { hint_index::<HINTS_FEW>(dst) } else { hint_index::<HINTS>(dst) };
+        let hint = if many { &self.hints_few[i] } else { &self.hints[i] };
         if let Some(x) = current(hint, generation, dst) {
             return Some((x.found, x.spi));
         }
@@ -329,7 +327,7 @@ impl<'a, B: Backend> ShmStore<'a, B> {
                 (found, self.reader.spi(found.slot)?)
             }
         };
-        let hint = if self.many_sas() { &mut self.hints_few[i] } else { &mut self.hints[i] };
+        let hint = if many { &mut self.hints_few[i] } else { &mut self.hints[i] };
         *hint = Some(OutHint { generation, dst: *dst, found, spi });
         Some((found, spi))
     }
