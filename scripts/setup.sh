@@ -20,6 +20,7 @@ APT_PACKAGES=(
     build-essential pkg-config clang libclang-dev
     dpdk dpdk-dev libpcap-dev libipsec-mb-dev
     tshark
+    strongswan-charon strongswan-swanctl nftables
     python3 python3-venv python3-pip
     iproute2 ethtool curl ca-certificates
 )
@@ -37,8 +38,20 @@ install_apt() {
     log "apt-get install ${missing[*]}"
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # strongSwan (the IKE daemons of tests/dataplane/test_ike.py, which run their own in
+    # network namespaces) comes with a system service: nothing we install is started
+    # now (policy-rc.d) or at boot (disabled below, only if this run installed it).
+    local policy=/usr/sbin/policy-rc.d placed=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && placed=1
+    fi
+    local status=0
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || status=$?
+    if [ "$placed" = 1 ]; then rm -f "$policy"; fi
+    if [ "$status" != 0 ]; then exit "$status"; fi
+    if [[ " ${missing[*]} " == *" strongswan-charon "* ]] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable strongswan-starter.service >/dev/null 2>&1 || true
+    fi
 }
 
 install_rust() {
