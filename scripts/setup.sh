@@ -20,7 +20,8 @@ APT_PACKAGES=(
     build-essential pkg-config clang libclang-dev
     dpdk dpdk-dev libpcap-dev libipsec-mb-dev
     tshark
-    strongswan-charon strongswan-swanctl nftables
+    strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
+    nftables conntrack
     python3 python3-venv python3-pip
     iproute2 ethtool curl ca-certificates
 )

@@ -263,14 +263,15 @@ def free_port():
 class Dataplane:
     """natt-dataplane with the given vdevs and options."""
 
-    def __init__(self, control, vdevs, opts=(), lcores="0-1", eal=(), netns=None):
+    def __init__(self, control, vdevs, opts=(), lcores="0-1", eal=(), netns=None,
+                 eth_peers=(PEER_PUBLIC, PEER_PROTECTED)):
         self.control = control
         self.stats_path = control.tmp / f"stats-{time.monotonic_ns()}.json"
         self.cmd = [*(netns.prefix() if netns else []), binary("natt-dataplane"), *(["-l", lcores] if lcores else []), "--no-pci", *eal_memory(), *eal]
         for v in vdevs:
             self.cmd += ["--vdev", v]
         self.cmd += ["--", "--name", control.name, "--shm-dir", control.dir, "--stats-json", str(self.stats_path),
-                     "--eth-peer", f"0,{PEER_PUBLIC}", "--eth-peer", f"1,{PEER_PROTECTED}", *opts]
+                     "--eth-peer", f"0,{eth_peers[0]}", "--eth-peer", f"1,{eth_peers[1]}", *opts]
         self.proc = None
 
     def run(self, timeout=120, idle_ms=700):
