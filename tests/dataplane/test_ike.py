@@ -20,6 +20,7 @@ server behind the protected port.
   (make-before-break through natt-control) and a NAT that forgets the client and maps it
   to new ports."""
 
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import socket
 import subprocess
 import threading
 import time
+import types
 
 import pytest
 
@@ -303,19 +305,22 @@ def echo_server(ns, port):
     return s, t, seen
 
 
-def test_a_strongswan_client_behind_a_nat_talks_through_the_dataplane_with_the_keys_ike_made(net, tmp_path):
-    """The CHILD_SA's keys, as the host's charon derived them, installed in the dataplane
-    as an IKE daemon's helper would; the client's ESP is strongSwan's own (libipsec),
-    through the Linux NAT; UDP echoes to a server behind the headend go both ways."""
+@contextlib.contextmanager
+def tunnel(net, tmp_path, opts=()):
+    """Both charons with strongSwan's own ESP, the client's CHILD_SA up, and its keys
+    and SPIs, as the host's charon derived them, installed in the dataplane as an IKE
+    daemon's helper would; yields what the test needs. At the end the daemons are
+    killed and the dataplane stopped: its statistics are in `t.stats`."""
     dpns, nat, client, server = net
-    ctl = Control(tmp_path)
-    ctl.apply([])
-    ctl.start_daemon()
+    t = types.SimpleNamespace(ctl=Control(tmp_path), stats=None)
+    t.ctl.apply([])
+    t.ctl.start_daemon()
     # Frames we build go to the NAT's and the server's MACs.
-    dp = Dataplane(ctl, ["net_af_xdp0,iface=natt-pub0", "net_af_xdp1,iface=natt-prt0", "net_tap0,iface=natt-tap0"],
-                   netns=dpns, opts=["--punt", "2"], eth_peers=(mac_of(nat, "natt-pub1"), mac_of(server, "natt-prt1")))
+    dp = Dataplane(t.ctl, ["net_af_xdp0,iface=natt-pub0", "net_af_xdp1,iface=natt-prt0", "net_tap0,iface=natt-tap0"],
+                   netns=dpns, opts=["--punt", "2", *opts],
+                   eth_peers=(mac_of(nat, "natt-pub1"), mac_of(server, "natt-prt1")))
     dp.start()
-    daemons, sock = [], None
+    daemons = []
     try:
         dpns.ip("addr", "add", f"{HEADEND}/24", "dev", "natt-tap0")
         dpns.ip("link", "set", "natt-tap0", "up")
@@ -324,30 +329,46 @@ def test_a_strongswan_client_behind_a_nat_talks_through_the_dataplane_with_the_k
         # a packet (the dataplane carries the ESP); that wants an address of the host in
         # the local selector to route from.
         dpns.ip("addr", "add", f"{INSIDE}/32", "dev", "lo")
-        host = Charon(dpns, tmp_path / "host", "rw", f"local_addrs = {HEADEND}", "headend.example", "client.example",
-                      children=HOST_CHILD, libipsec=True, chd=4)
-        daemons.append(host)
-        user = Charon(client, tmp_path / "user", "hq", f"remote_addrs = {HEADEND}", "client.example", "headend.example",
-                      children=USER_CHILD, libipsec=True, routes=True)
-        daemons.append(user)
-        out = user.swanctl("--initiate", "--child", "net")
+        t.host = Charon(dpns, tmp_path / "host", "rw", f"local_addrs = {HEADEND}", "headend.example",
+                        "client.example", children=HOST_CHILD, libipsec=True, chd=4)
+        daemons.append(t.host)
+        t.user = Charon(client, tmp_path / "user", "hq", f"remote_addrs = {HEADEND}", "client.example",
+                        "headend.example", children=USER_CHILD, libipsec=True, routes=True)
+        daemons.append(t.user)
+        out = t.user.swanctl("--initiate", "--child", "net")
         assert "initiate completed successfully" in out, out
 
-        (ike,) = host.ike_sas()
-        nat_port = ike[4]
-        ((state, spi_in, _, spi_out, _),) = host.child_sas()
-        keys = host.child_keys()
+        (ike,) = t.host.ike_sas()
+        t.nat_port = ike[4]
+        ((state, t.spi_in, _, t.spi_out, _),) = t.host.child_sas()
+        keys = t.host.child_keys()
         assert state == "INSTALLED" and len(keys["initiator"]) == len(keys["responder"]) == 20, (state, keys)
-        common = {"mode": "tunnel", "algorithm": "aes128gcm16", "local": HEADEND, "peer": NAT_OUT,
-                  "encap": {"local_port": 4500, "peer_port": nat_port},
-                  "selectors": {"local": ["192.0.2.0/24"], "peer": [f"{CLIENT}/32"]}}
+        t.common = {"mode": "tunnel", "algorithm": "aes128gcm16", "local": HEADEND, "peer": NAT_OUT,
+                    "encap": {"local_port": 4500, "peer_port": t.nat_port},
+                    "selectors": {"local": ["192.0.2.0/24"], "peer": [f"{CLIENT}/32"]}}
         # The client initiated the CHILD_SA: what it sends is under the initiator's key.
-        ctl.apply([
-            dict(common, name="user-in", spi=f"0x{spi_in:08x}", direction="inbound", key=keys["initiator"].hex(),
-                 paired_spi=f"0x{spi_out:08x}", replay_window=128),
-            dict(common, name="user-out", spi=f"0x{spi_out:08x}", direction="outbound", key=keys["responder"].hex()),
+        t.ctl.apply([
+            dict(t.common, name="user-in", spi=f"0x{t.spi_in:08x}", direction="inbound",
+                 key=keys["initiator"].hex(), paired_spi=f"0x{t.spi_out:08x}", replay_window=128),
+            dict(t.common, name="user-out", spi=f"0x{t.spi_out:08x}", direction="outbound",
+                 key=keys["responder"].hex()),
         ])
+        yield t
+    finally:
+        for d in daemons:
+            d.kill()
+        _, t.stats = dp.stop()
+        t.ctl.stop_daemon()
 
+
+def test_a_strongswan_client_behind_a_nat_talks_through_the_dataplane_with_the_keys_ike_made(net, tmp_path):
+    """The client's ESP is strongSwan's own (libipsec), through the Linux NAT; UDP echoes
+    to a server behind the headend go both ways, across a CHILD_SA rekey and a NAT that
+    maps the client anew."""
+    _, nat, client, server = net
+    with tunnel(net, tmp_path) as t:
+        host, user, ctl, common = t.host, t.user, t.ctl, t.common
+        spi_in, spi_out, nat_port = t.spi_in, t.spi_out, t.nat_port
         sock, _, seen = echo_server(server, 7000)
         with client.entered():
             c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -404,13 +425,8 @@ def test_a_strongswan_client_behind_a_nat_talks_through_the_dataplane_with_the_k
         now = [x for x in user.child_sas() if x[0] == "INSTALLED"]
         assert [(x[1], x[2], x[4]) for x in now] == [(new_out, 2 * ECHOES, 2 * ECHOES)], user.child_sas()
         c.close()
-    finally:
-        if sock:
-            sock.close()
-        for d in daemons:
-            d.kill()
-        out, stats = dp.stop()
-        ctl.stop_daemon()
+        sock.close()
+    stats = t.stats
     t = stats["totals"]
     assert (t["decap_packets"], t["encap_packets"]) == (3 * ECHOES, 3 * ECHOES), (t["decap_packets"], t["encap_packets"])
     assert t["nat_changes"] == 1 and drops(stats) == {}, (t["nat_changes"], drops(stats))
@@ -420,3 +436,53 @@ def test_a_strongswan_client_behind_a_nat_talks_through_the_dataplane_with_the_k
     (e,) = [e for e in events if e["event"] == "nat_mapping_changed"]
     assert (e["spi"], e["updated_spi"], e["old"]) == (f"0x{new_in:08x}", f"0x{new_out:08x}", {"addr": NAT_OUT, "port": nat_port})
     assert e["new"]["addr"] == NAT_OUT and e["new"]["port"] in NEW_NAT_PORTS, e
+
+
+def test_a_server_behind_the_headend_finds_the_path_mtu_through_the_tunnel(net, tmp_path):
+    """TCP from a server behind the headend to the client, whose tunnel interface takes
+    full-size packets (MTU 1500, as a client with kernel IPsec has it): the server's
+    full-size segments do not fit the tunnel, the dataplane answers them with
+    Fragmentation Needed from `--icmp-source`, the server's kernel takes the size it
+    reports as the path MTU, and every byte arrives. Without the errors the transfer
+    hangs: each segment dropped as `mtu_exceeded` and sent again at the same size.
+    (Only downloads: strongSwan's libipsec reads at most 1400 bytes from its TUN device,
+    so the client's own full-size packets would leave it cut short.)"""
+    _, _, client, server = net
+    down = bytes((i * 7 + i // 251) & 0xff for i in range(400_000))
+    with tunnel(net, tmp_path, opts=["--icmp-source", INSIDE]) as t:
+        client.ip("link", "set", "ipsec0", "mtu", "1500")
+        with server.entered():
+            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            ls.bind((SERVER, 7001))
+            ls.listen(1)
+        ls.settimeout(10)
+
+        def serve():
+            conn, _ = ls.accept()
+            conn.settimeout(30)
+            conn.sendall(down)
+            conn.close()
+
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        with client.entered():
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c.bind((CLIENT, 0))
+        c.settimeout(15)
+        c.connect((SERVER, 7001))
+        chunks = []
+        while sum(map(len, chunks)) < len(down):
+            b = c.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+        th.join(30)
+        c.close()
+        ls.close()
+        route = server.exec("ip", "route", "get", CLIENT)
+    assert b"".join(chunks) == down, "the download did not arrive whole"
+    # The server took the size the dataplane reported: 1500 less ESP in UDP over IPv4
+    # (20 + 8 + 8 + 8 + 16) and the trailer's 2, rounded down to 4.
+    assert re.search(r"\bmtu 1438\b", route), route
+    tot = t.stats["totals"]
+    assert tot["icmp_too_big"] >= 1 and drops(t.stats) == {}, (tot["icmp_too_big"], drops(t.stats))

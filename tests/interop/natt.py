@@ -117,10 +117,10 @@ class Case:
         return sa
 
 
-def run_natt_pcap(verb, config, pcap_in, pcap_out):
+def run_natt_pcap(verb, config, pcap_in, pcap_out, extra=()):
     """Run natt-pcap; return its per-packet JSON lines and the summary from stderr."""
     crypto = os.environ.get("NATT_CRYPTO", "auto")
-    cmd = [natt_pcap_binary(), verb, "-c", config, "-r", pcap_in, "-w", pcap_out, "--crypto", crypto]
+    cmd = [natt_pcap_binary(), verb, "-c", config, "-r", pcap_in, "-w", pcap_out, "--crypto", crypto, *extra]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, f"{' '.join(cmd)} failed: {p.stderr}"
     lines = [json.loads(l) for l in p.stdout.splitlines()]

@@ -142,6 +142,7 @@ pub fn text(v: &StatsView, prev: Option<(&StatsView, f64)>) -> String {
         ("handed over", Counter::handoff_out),
         ("NAT changes", Counter::nat_changes),
         ("reassembled", Counter::reassembled),
+        ("ICMP too big", Counter::icmp_too_big),
     ];
     for (label, c) in rows {
         match prev {

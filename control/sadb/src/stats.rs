@@ -80,6 +80,7 @@ counters! {
     sa_freed_here = 38: "SA states the worker freed itself (on its core) because the SA builder's return lane was full",
     sa_distrusts = 39: "times the worker stopped trusting every SA state it held and went back to each SA's record (the table changed by more than it walks between two snapshots)",
     sa_record_lookups = 40: "SA lookups that read the SA's record in the shared table (its state was not loaded or not trusted; see \"Trusted states\")",
+    icmp_too_big = 41: "ICMP errors sent back to the protected side about packets too big for the tunnel (Fragmentation Needed, Packet Too Big)",
 }
 
 /// One worker's block.

@@ -27,6 +27,8 @@ pub struct Counters {
     pub frag_absorbed: u64,
     pub reassembled: u64,
     pub nat_changes: u64,
+    /// ICMP errors sent back about packets too big for the tunnel.
+    pub icmp_too_big: u64,
 }
 
 impl Default for Counters {
@@ -47,6 +49,7 @@ impl Default for Counters {
             frag_absorbed: 0,
             reassembled: 0,
             nat_changes: 0,
+            icmp_too_big: 0,
         }
     }
 }
@@ -90,5 +93,6 @@ impl Counters {
         self.frag_absorbed += o.frag_absorbed;
         self.reassembled += o.reassembled;
         self.nat_changes += o.nat_changes;
+        self.icmp_too_big += o.icmp_too_big;
     }
 }

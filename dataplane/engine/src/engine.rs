@@ -7,6 +7,7 @@ use crate::crypto::{Backend, Ring};
 use crate::event::{Event, EventKind, ExpiryCause, Host, Limit};
 use crate::reassembly::{Reassembler, ReassemblyConfig};
 use crate::sa::{Direction, SaEntry, SaParams, SaRuntime, SaStore, SaTable, TableError};
+use crate::too_big::{Bucket, IcmpConfig};
 use crate::wire::esp::NATT_PORT;
 
 /// Packets processed per stage pass; longer slices are processed in chunks of this.
@@ -20,11 +21,18 @@ pub struct EngineConfig {
     pub mtu: usize,
     /// Checksums of encapsulated packets that the NIC of the public side computes.
     pub tx_checksum: TxChecksumOffload,
+    /// ICMP errors about packets too big for the tunnel (see `too_big`).
+    pub icmp: IcmpConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { reassembly: ReassemblyConfig::default(), mtu: 1500, tx_checksum: TxChecksumOffload::NONE }
+        EngineConfig {
+            reassembly: ReassemblyConfig::default(),
+            mtu: 1500,
+            tx_checksum: TxChecksumOffload::NONE,
+            icmp: IcmpConfig::default(),
+        }
     }
 }
 
@@ -53,6 +61,9 @@ pub struct Engine<B: Backend = Ring, S: SaStore<B::Key> = SaTable<<B as Backend>
     pub(crate) reasm: Reassembler,
     pub(crate) counters: Counters,
     pub(crate) ip_ident: u16,
+    /// The time (ns) last given by `tick` or `decap_burst`, and the ICMP error budget.
+    pub(crate) now: u64,
+    pub(crate) icmp_bucket: Bucket,
     /// Local UDP ports that carry ESP-in-UDP: 4500 and every SA's own.
     natt_ports: Vec<u16>,
     /// Per-burst scratch of the pipelines, allocated once.
@@ -76,6 +87,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             reasm: Reassembler::new(cfg.reassembly),
             counters: Counters::default(),
             ip_ident: 0,
+            now: 0,
+            icmp_bucket: Bucket::new(cfg.icmp.rate),
             natt_ports,
             in_meta: Some(Box::new([crate::inbound::EMPTY; MAX_BURST])),
             out_meta: Some(Box::new([crate::outbound::EMPTY; MAX_BURST])),
@@ -101,6 +114,13 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 
     pub fn reassembler(&self) -> &Reassembler {
         &self.reasm
+    }
+
+    /// The time now (ns, any monotonic clock), for what `encap_burst` rate-limits (ICMP
+    /// errors); `decap_burst` takes it too. Call once per poll loop.
+    #[inline]
+    pub fn tick(&mut self, now: u64) {
+        self.now = now;
     }
 
     /// Discard fragments whose datagram timed out; call when idle.
@@ -151,6 +171,8 @@ impl<B: Backend> Engine<B> {
             reasm: Reassembler::new(cfg.reassembly),
             counters: Counters::default(),
             ip_ident: 0,
+            now: 0,
+            icmp_bucket: Bucket::new(cfg.icmp.rate),
             natt_ports: vec![NATT_PORT],
             in_meta: Some(Box::new([crate::inbound::EMPTY; MAX_BURST])),
             out_meta: Some(Box::new([crate::outbound::EMPTY; MAX_BURST])),

@@ -132,6 +132,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         F: Frame,
         E: Host,
     {
+        self.now = now;
         self.expire(now);
         let n = pkts.len().min(results.len());
         let mut start = 0;

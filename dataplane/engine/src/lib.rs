@@ -8,7 +8,8 @@
 //! - `wire`: zero-copy header views.
 //! - `sa`: SA configuration, validation, runtime state and lookup tables.
 //! - `replay`, `reassembly`, `crypto`: the pieces a packet passes through.
-//! - `inbound`, `outbound`: the staged burst pipelines on [`Engine`].
+//! - `inbound`, `outbound`: the staged burst pipelines on [`Engine`]; `too_big`: the
+//!   ICMP errors about packets too big for the tunnel.
 //! - `reason`: the one list of drop and punt reasons; `counters`, `event`: what the
 //!   engine reports.
 
@@ -25,6 +26,7 @@ pub mod reason;
 pub mod reassembly;
 pub mod replay;
 pub mod sa;
+pub mod too_big;
 pub mod wire;
 
 pub use buf::{Frame, PktBuf, RxChecksum};
@@ -35,3 +37,4 @@ pub use inbound::{InResult, InVerdict, Reassembly};
 pub use outbound::{OutResult, OutVerdict, TxChecksum};
 pub use reason::{DropReason, PuntReason};
 pub use sa::{Direction, SaParams};
+pub use too_big::IcmpConfig;

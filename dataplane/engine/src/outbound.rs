@@ -23,6 +23,9 @@ pub enum OutVerdict {
     Encapsulated,
     /// Not IP: for the host stack, unchanged.
     Punt(PuntReason),
+    /// Too big for the tunnel: the frame is now the ICMP error that tells the sender the
+    /// largest packet that fits (`too_big`), to go back the way the packet came.
+    IcmpTooBig,
     Drop(DropReason),
 }
 
@@ -89,6 +92,9 @@ pub(crate) struct Meta {
     /// Inner TTL or hop limit.
     ttl: u8,
     df: bool,
+    /// Tunnel mode: the largest inner packet that fits the MTU, once `plan` found this
+    /// one does not (else 0).
+    fits: usize,
     /// Start and length of what ESP carries (the inner packet, or the transport payload).
     pstart: usize,
     plen: usize,
@@ -118,6 +124,7 @@ pub(crate) const EMPTY: Meta = Meta {
     tos: 0,
     ttl: 0,
     df: false,
+    fits: 0,
     pstart: 0,
     plen: 0,
     pad: 0,
@@ -169,6 +176,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             *res = OutResult::default();
             m.live = false;
             m.slot = NO_SLOT;
+            m.fits = 0;
             match self.classify(pkt.data(), pkt.ip_checksum(), m) {
                 Ok(()) => m.live = true,
                 Err(v) => self.settle_out(res, m, v),
@@ -208,11 +216,12 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
 
         // Stage 3: every check that can fail (selectors first), then the sequence number.
-        for ((pkt, m), res) in pkts.iter().zip(meta.iter_mut()).zip(results.iter_mut()) {
+        for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
             if m.live {
                 let (head, room) = (pkt.headroom(), pkt.tailroom() + pkt.len());
                 if let Err(r) = self.plan(head, room, m, res, events) {
-                    self.settle_out(res, m, OutVerdict::Drop(r));
+                    let v = if m.fits > 0 { self.too_big(pkt, m) } else { OutVerdict::Drop(r) };
+                    self.settle_out(res, m, v);
                 }
             }
         }
@@ -291,7 +300,38 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                 }
             }
             OutVerdict::Punt(p) => self.counters.punts[p as usize] += 1,
+            OutVerdict::IcmpTooBig => self.counters.icmp_too_big += 1,
             OutVerdict::Encapsulated => {}
+        }
+    }
+
+    /// A tunnel-mode packet too big for the tunnel: the ICMP error about it where one may
+    /// be sent (see `too_big`), else dropped.
+    #[cold]
+    fn too_big<F: Frame>(&mut self, pkt: &mut F, m: &Meta) -> OutVerdict {
+        let refused = OutVerdict::Drop(DropReason::MtuExceeded);
+        if !m.v6 && !m.df {
+            return refused;
+        }
+        let Some(local) = self.sas.entry(m.slot).map(|e| e.rt.local) else { return refused };
+        let icmp = self.cfg.icmp;
+        let from = match (m.v6, local) {
+            (false, _) if icmp.source_v4.is_some() => icmp.source_v4.map(IpAddr::V4),
+            (true, _) if icmp.source_v6.is_some() => icmp.source_v6.map(IpAddr::V6),
+            (false, IpAddr::V4(_)) | (true, IpAddr::V6(_)) => Some(local),
+            _ => None,
+        };
+        let Some(from) = from else { return refused };
+        let ip = pkt.data().get(m.l3..m.l3 + m.ip_len).unwrap_or_default();
+        let Some(to) = crate::too_big::may_answer(ip, m.v6, m.hl) else { return refused };
+        if !crate::too_big::has_room(pkt.head() + m.l3, m.v6) || !self.icmp_bucket.take(self.now) {
+            return refused;
+        }
+        let ident = self.next_ident();
+        if crate::too_big::write(pkt, m.l3, m.ip_len, from, to, m.fits, ident) {
+            OutVerdict::IcmpTooBig
+        } else {
+            refused
         }
     }
 
@@ -389,6 +429,10 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             return Err(DropReason::NoTailroom);
         }
         if (end as isize - m.ip_at) as usize > mtu {
+            if tunnel {
+                let overhead = (m.pstart as isize - m.ip_at) as usize;
+                m.fits = crate::too_big::largest_inner(mtu, overhead, usize::from(sa.pad_mask) + 1, ICV_LEN);
+            }
             return Err(DropReason::MtuExceeded);
         }
         if sa.seq >= sa.seq_max() {

@@ -66,7 +66,7 @@ drop_reasons! {
     SeqUnreserved = "seq_unreserved", Sa, "the host could not durably reserve more sequence numbers, so none are used";
     NoHeadroom = "no_headroom", Sa, "buffer headroom too small for the outer headers";
     NoTailroom = "no_tailroom", Sa, "buffer tailroom too small for the ESP trailer and ICV";
-    MtuExceeded = "mtu_exceeded", Sa, "encapsulated packet would exceed the public MTU";
+    MtuExceeded = "mtu_exceeded", Sa, "encapsulated packet would exceed the public MTU, and no ICMP error could be sent instead (IPv4 without DF, an ICMP error, no source of the family, rate limit)";
     TransportExtHeaders = "transport_ext_headers", Sa, "IPv6 packet with extension headers on a transport-mode SA";
     MultiSegment = "multi_segment", Dataplane, "multi-segment packet too big for one mbuf, or no mbuf free to linearise it into";
     SaInvalid = "sa_invalid", Dataplane, "the shared SA table holds a record that fails validation (corrupt, or from another build)";

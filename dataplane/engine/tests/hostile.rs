@@ -244,7 +244,13 @@ fn outbound_errors() {
     expect_out(&mut e, &ip_udp_frame(SERVER4, "10.200.0.1", 53, 5000, b"x", 64), DropReason::NoOutboundSa);
     expect_out(&mut e, &ip_udp_frame("192.0.2.50", CLIENT_IN4, 53, 5000, b"x", 64), DropReason::SelectorMismatch);
     expect_out(&mut e, &ip_udp_frame(SERVER4, CLIENT_IN4, 53, 5000, b"x", 1), DropReason::TtlExceeded);
-    expect_out(&mut e, &ip_udp_frame(SERVER4, CLIENT_IN4, 53, 5000, &[0u8; 1460], 64), DropReason::MtuExceeded);
+    // Too big, and DF clear: no ICMP error to send (tests/too_big.rs has those).
+    let mut big = ip_udp_frame(SERVER4, CLIENT_IN4, 53, 5000, &[0u8; 1460], 64);
+    big[20] &= !0x40;
+    big[24..26].copy_from_slice(&[0, 0]);
+    let c = natt_engine::wire::checksum::checksum(&big[14..34]);
+    big[24..26].copy_from_slice(&c.to_be_bytes());
+    expect_out(&mut e, &big, DropReason::MtuExceeded);
     for (head, tail, want) in [(10usize, 64usize, DropReason::NoHeadroom), (128, 10, DropReason::NoTailroom)] {
         let mut pkts = [PktBuf::from_frame(&reply, head, tail)];
         let mut res = [OutResult::default()];

@@ -109,6 +109,16 @@ pub struct Args {
     /// Largest outer IP packet sent on the public port.
     #[arg(long, default_value_t = 1500, value_name = "BYTES")]
     pub mtu: usize,
+    /// Source of the ICMP errors sent to the protected side about packets too big for the
+    /// tunnel (Fragmentation Needed, Packet Too Big): an address of the headend there;
+    /// repeat for an IPv4 and an IPv6 one. Default: the SA's own address where it is of
+    /// the packet's family.
+    #[arg(long = "icmp-source", value_name = "ADDR")]
+    pub icmp_source: Vec<std::net::IpAddr>,
+    /// ICMP errors per second per worker at most (0: none, the packets are dropped as
+    /// mtu_exceeded).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub icmp_rate: u32,
     /// Datagrams in reassembly at once per worker (0: drop fragments).
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub reassembly_slots: usize,
@@ -196,6 +206,7 @@ impl Args {
         if !(576..=9000).contains(&self.mtu) {
             return Err(format!("--mtu {}: use 576 to 9000", self.mtu));
         }
+        natt_engine::IcmpConfig::from_options("--icmp-source", &self.icmp_source, self.icmp_rate)?;
         if !(self.reassembly_timeout > 0.0 && self.reassembly_timeout <= 60.0) {
             return Err(format!(
                 "--reassembly-timeout {}: use more than 0 and at most 60 seconds",
@@ -259,5 +270,11 @@ mod tests {
         assert!(a.check().unwrap_err().contains("power of two"));
         let e = Args::parse_ours("p", &v(&["--dispatch", "magic"])).unwrap_err().to_string();
         assert!(e.contains("possible values"), "{e}");
+        let a = Args::parse_ours("p", &v(&["--icmp-source", "192.0.2.1", "--icmp-source", "fd00::1"])).unwrap();
+        a.check().unwrap();
+        let a = Args::parse_ours("p", &v(&["--icmp-source", "192.0.2.1", "--icmp-source", "192.0.2.2"])).unwrap();
+        assert!(a.check().unwrap_err().contains("--icmp-source 192.0.2.2: one address per family"));
+        let e = Args::parse_ours("p", &v(&["--icmp-source", "inside"])).unwrap_err().to_string();
+        assert!(e.contains("invalid IP address syntax"), "{e}");
     }
 }

@@ -390,6 +390,9 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
             ipv4_header: public_tx & port::TX_OFFLOAD_IPV4_CKSUM != 0,
             udp: public_tx & port::TX_OFFLOAD_UDP_CKSUM != 0,
         },
+        // Checked with the arguments.
+        icmp: natt_engine::IcmpConfig::from_options("--icmp-source", &args.icmp_source, args.icmp_rate)
+            .map_err(SetupError)?,
         ..Default::default()
     };
     engine.reassembly.slots = args.reassembly_slots;

@@ -217,6 +217,7 @@ impl<'a> Worker<'a> {
         let tsc = eal::rdtsc();
         self.now_ns = self.sh.clock.mono_ns(tsc);
         self.host.now_wall_ns = self.sh.clock.wall_ns(tsc);
+        self.engine.tick(self.now_ns);
         let generation = self.engine.store_mut().refresh();
         self.sh.dp.quiescent(self.me, generation, self.host.now_wall_ns);
         self.engine.store_mut().apply_nat_updates();
@@ -364,7 +365,7 @@ impl<'a> Worker<'a> {
             }
         }
         let t = self.charge(DISPATCH, t);
-        self.encap(keep, t);
+        self.encap(keep, source, t);
     }
 
     /// Keep a packet whose outbound SA this worker owns, hand the others over. What the
@@ -386,7 +387,7 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn encap(&mut self, keep: &mut Burst<PlainMbuf>, t: u64) {
+    fn encap(&mut self, keep: &mut Burst<PlainMbuf>, source: Source, t: u64) {
         let n = keep.len();
         if n == 0 {
             return;
@@ -400,6 +401,13 @@ impl<'a> Worker<'a> {
                     self.forward(Role::Public, m);
                 }
                 OutVerdict::Punt(_) => self.punt(Role::ProtectedPunt, m),
+                // Back the way the packet came (packets handed over by another worker
+                // came from the protected port, or rarely the host's).
+                OutVerdict::IcmpTooBig => match source {
+                    Source::Protected => self.forward(Role::Protected, m),
+                    Source::HostPublic => self.punt(Role::Punt, m),
+                    Source::HostProtected => self.punt(Role::ProtectedPunt, m),
+                },
                 OutVerdict::Drop(_) => drop(m),
             }
         }
@@ -623,6 +631,7 @@ impl<'a> Worker<'a> {
         b.set(Counter::frag_absorbed, c.frag_absorbed);
         b.set(Counter::reassembled, c.reassembled);
         b.set(Counter::nat_changes, c.nat_changes);
+        b.set(Counter::icmp_too_big, c.icmp_too_big);
         b.set(Counter::rx_public, io.rx[Role::Public as usize]);
         b.set(Counter::rx_protected, io.rx[Role::Protected as usize]);
         b.set(Counter::rx_punt, io.rx[Role::Punt as usize] + io.rx[Role::ProtectedPunt as usize]);

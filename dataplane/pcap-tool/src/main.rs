@@ -57,6 +57,14 @@ struct Run {
     /// Largest outer IP packet to send, in bytes.
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(576..))]
     mtu: u16,
+    /// Source of the ICMP errors about packets too big for the tunnel (an address of the
+    /// headend on the protected side; give an IPv4 and an IPv6 one for both families).
+    /// Default: the SA's own address, where it is of the packet's family.
+    #[arg(long = "icmp-source", value_name = "ADDR")]
+    icmp_source: Vec<std::net::IpAddr>,
+    /// ICMP errors per second at most, in capture time (0: none; the packets are dropped).
+    #[arg(long, default_value_t = 1000)]
+    icmp_rate: u32,
     /// Datagrams that may be in reassembly at once (0 drops all fragments).
     #[arg(long, default_value_t = 256)]
     reassembly_slots: usize,
@@ -145,6 +153,8 @@ fn process(r: Run, decap: bool) -> Result<(), Failure> {
             timeout_ns: r.reassembly_timeout_ms.saturating_mul(1_000_000),
         },
         mtu: usize::from(r.mtu),
+        icmp: natt_engine::IcmpConfig::from_options("--icmp-source", &r.icmp_source, r.icmp_rate)
+            .map_err(Failure::Usage)?,
         ..EngineConfig::default()
     };
     // Before any key is made.
@@ -190,8 +200,10 @@ fn process(r: Run, decap: bool) -> Result<(), Failure> {
             (report::decap_line(index, frame.timestamp, frame.data.len(), &res[0], &pkts[0], &engine, &events), ok)
         } else {
             let mut res = [OutResult::default()];
+            engine.tick(now);
             engine.encap_burst(&mut pkts, &mut res, &mut events);
-            let ok = res[0].verdict == natt_engine::OutVerdict::Encapsulated;
+            let ok =
+                matches!(res[0].verdict, natt_engine::OutVerdict::Encapsulated | natt_engine::OutVerdict::IcmpTooBig);
             (report::encap_line(index, frame.timestamp, frame.data.len(), &res[0], &pkts[0], &engine, &events), ok)
         };
         if produced {

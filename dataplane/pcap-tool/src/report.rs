@@ -86,6 +86,11 @@ pub fn encap_line<B: AsRef<[u8]> + AsMut<[u8]>>(
             m.insert("verdict".into(), "punted".into());
             m.insert("punt".into(), p.name().into());
         }
+        OutVerdict::IcmpTooBig => {
+            // What leaves is the error, not the packet: in the output capture too.
+            m.insert("verdict".into(), "icmp_too_big".into());
+            m.insert("out_len".into(), pkt.len().into());
+        }
         OutVerdict::Drop(r) => {
             m.insert("verdict".into(), "dropped".into());
             m.insert("reason".into(), r.name().into());
@@ -128,6 +133,7 @@ pub fn summary(engine: &crate::Eng, packets: u64) -> Value {
             "reassembled": c.reassembled,
             "still_held": engine.reassembler().held(),
             "nat_changes": c.nat_changes,
+            "icmp_too_big": c.icmp_too_big,
         }
     })
 }

@@ -145,6 +145,22 @@ fn configuration_errors_stop_before_any_packet() {
     let o = bin().args(["check", "-c"]).arg(dir.path().join("missing.json")).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing.json: No such file"));
+
+    // Two ICMP sources of one family: refused before any packet too.
+    let o = bin()
+        .args(["encap", "-c"])
+        .arg(samples().join("headend.json"))
+        .arg("-r")
+        .arg(samples().join("natt.pcap"))
+        .arg("-w")
+        .arg(&out)
+        .args(["--icmp-source", "10.0.0.1", "--icmp-source", "10.0.0.2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--icmp-source 10.0.0.2: one address per family"), "{err}");
+    assert!(o.stdout.is_empty() && !out.exists());
 }
 
 #[test]
