@@ -438,18 +438,23 @@ def test_a_strongswan_client_behind_a_nat_talks_through_the_dataplane_with_the_k
     assert e["new"]["addr"] == NAT_OUT and e["new"]["port"] in NEW_NAT_PORTS, e
 
 
-def test_a_server_behind_the_headend_finds_the_path_mtu_through_the_tunnel(net, tmp_path):
+@pytest.mark.parametrize("way", ["icmp", "mss"])
+def test_full_size_tcp_crosses_the_tunnel(net, tmp_path, way):
     """TCP from a server behind the headend to the client, whose tunnel interface takes
-    full-size packets (MTU 1500, as a client with kernel IPsec has it): the server's
-    full-size segments do not fit the tunnel, the dataplane answers them with
-    Fragmentation Needed from `--icmp-source`, the server's kernel takes the size it
-    reports as the path MTU, and every byte arrives. Without the errors the transfer
-    hangs: each segment dropped as `mtu_exceeded` and sent again at the same size.
-    (Only downloads: strongSwan's libipsec reads at most 1400 bytes from its TUN device,
-    so the client's own full-size packets would leave it cut short.)"""
+    full-size packets (MTU 1500, as a client with kernel IPsec has it), so that both ends
+    would send full-size segments, which do not fit the tunnel. Either way every byte
+    arrives: `icmp` (MSS clamping off): the dataplane answers the server's full-size
+    segments with Fragmentation Needed from `--icmp-source`, and the server's kernel
+    takes the size it reports as the path MTU; `mss` (ICMP errors off, clamping as by
+    default): the SYNs cross the tunnel announcing what fits, and no segment is too big.
+    With neither the transfer hangs, each segment dropped as `mtu_exceeded` and sent
+    again at the same size. (Downloads only: strongSwan's libipsec reads at most 1400
+    bytes from its TUN device, so the client's own full-size packets would leave it
+    cut short.)"""
     _, _, client, server = net
     down = bytes((i * 7 + i // 251) & 0xff for i in range(400_000))
-    with tunnel(net, tmp_path, opts=["--icmp-source", INSIDE]) as t:
+    opts = ["--icmp-source", INSIDE, "--tcp-mss", "off"] if way == "icmp" else ["--icmp-rate", "0"]
+    with tunnel(net, tmp_path, opts=opts) as t:
         client.ip("link", "set", "ipsec0", "mtu", "1500")
         with server.entered():
             ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -481,8 +486,14 @@ def test_a_server_behind_the_headend_finds_the_path_mtu_through_the_tunnel(net, 
         ls.close()
         route = server.exec("ip", "route", "get", CLIENT)
     assert b"".join(chunks) == down, "the download did not arrive whole"
-    # The server took the size the dataplane reported: 1500 less ESP in UDP over IPv4
-    # (20 + 8 + 8 + 8 + 16) and the trailer's 2, rounded down to 4.
-    assert re.search(r"\bmtu 1438\b", route), route
     tot = t.stats["totals"]
-    assert tot["icmp_too_big"] >= 1 and drops(t.stats) == {}, (tot["icmp_too_big"], drops(t.stats))
+    assert drops(t.stats) == {}, drops(t.stats)
+    if way == "icmp":
+        # The server took the size the dataplane reported: 1500 less ESP in UDP over
+        # IPv4 (20 + 8 + 8 + 8 + 16) and the trailer's 2, rounded down to 4.
+        assert re.search(r"\bmtu 1438\b", route), route
+        assert tot["icmp_too_big"] >= 1 and tot["mss_clamped"] == 0, tot
+    else:
+        # The client's SYN (1460) and the server's SYN-ACK, both clamped to 1398.
+        assert "mtu" not in route, route
+        assert (tot["icmp_too_big"], tot["mss_clamped"]) == (0, 2), tot

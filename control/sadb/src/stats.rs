@@ -81,6 +81,7 @@ counters! {
     sa_distrusts = 39: "times the worker stopped trusting every SA state it held and went back to each SA's record (the table changed by more than it walks between two snapshots)",
     sa_record_lookups = 40: "SA lookups that read the SA's record in the shared table (its state was not loaded or not trusted; see \"Trusted states\")",
     icmp_too_big = 41: "ICMP errors sent back to the protected side about packets too big for the tunnel (Fragmentation Needed, Packet Too Big)",
+    mss_clamped = 42: "TCP SYNs whose MSS option was lowered to what fits the tunnel (--tcp-mss)",
 }
 
 /// One worker's block.

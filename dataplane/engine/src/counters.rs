@@ -29,6 +29,8 @@ pub struct Counters {
     pub nat_changes: u64,
     /// ICMP errors sent back about packets too big for the tunnel.
     pub icmp_too_big: u64,
+    /// TCP SYNs whose MSS option was lowered to what fits the tunnel.
+    pub mss_clamped: u64,
 }
 
 impl Default for Counters {
@@ -50,6 +52,7 @@ impl Default for Counters {
             reassembled: 0,
             nat_changes: 0,
             icmp_too_big: 0,
+            mss_clamped: 0,
         }
     }
 }
@@ -94,5 +97,6 @@ impl Counters {
         self.reassembled += o.reassembled;
         self.nat_changes += o.nat_changes;
         self.icmp_too_big += o.icmp_too_big;
+        self.mss_clamped += o.mss_clamped;
     }
 }

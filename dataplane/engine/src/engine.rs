@@ -5,6 +5,7 @@
 use crate::counters::Counters;
 use crate::crypto::{Backend, Ring};
 use crate::event::{Event, EventKind, ExpiryCause, Host, Limit};
+use crate::mss::MssClamp;
 use crate::reassembly::{Reassembler, ReassemblyConfig};
 use crate::sa::{Direction, SaEntry, SaParams, SaRuntime, SaStore, SaTable, TableError};
 use crate::too_big::{Bucket, IcmpConfig};
@@ -23,6 +24,8 @@ pub struct EngineConfig {
     pub tx_checksum: TxChecksumOffload,
     /// ICMP errors about packets too big for the tunnel (see `too_big`).
     pub icmp: IcmpConfig,
+    /// TCP MSS clamping of SYNs crossing the tunnel (see `mss`).
+    pub mss_clamp: MssClamp,
 }
 
 impl Default for EngineConfig {
@@ -32,6 +35,7 @@ impl Default for EngineConfig {
             mtu: 1500,
             tx_checksum: TxChecksumOffload::NONE,
             icmp: IcmpConfig::default(),
+            mss_clamp: MssClamp::default(),
         }
     }
 }

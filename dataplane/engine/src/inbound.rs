@@ -6,8 +6,9 @@
 
 use crate::buf::{Frame, RxChecksum};
 use crate::crypto::{AeadInputs, AeadKey, Backend, Icv};
-use crate::engine::{Engine, MAX_BURST, account};
+use crate::engine::{Engine, EngineConfig, MAX_BURST, account};
 use crate::event::{Event, EventKind, Host};
+use crate::mss::MssClamp;
 use crate::reason::{DropReason, PuntReason};
 use crate::reassembly::{FragOutcome, Fragment};
 use crate::replay::ReplayError;
@@ -639,7 +640,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         F: Frame,
         E: Host,
     {
-        let Engine { sas, counters, .. } = self;
+        let Engine { sas, counters, cfg, .. } = self;
         let Some(e) = sas.entry_mut(m.slot) else { return InVerdict::Drop(DropReason::NoSa) };
         let sa = &mut e.rt;
         let advanced = match sa.peer.replay.check_and_accept(m.seq) {
@@ -662,6 +663,9 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                 account(sa, bytes as u64, events);
                 counters.decap_packets += 1;
                 counters.decap_bytes += bytes as u64;
+                if verdict == InVerdict::Tunnel && cfg.mss_clamp != MssClamp::Off {
+                    counters.mss_clamped += u64::from(clamp_mss(pkt, sa, cfg));
+                }
                 verdict
             }
             Err(r) => InVerdict::Drop(r),
@@ -677,6 +681,25 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
         verdict
     }
+}
+
+/// Lower the MSS of a TCP SYN that came out of the tunnel (now the frame's inner packet)
+/// to what fits the tunnel back: the SA's outer family and encapsulation, padding to 16
+/// at worst (the paired outbound SA's, not looked up here). Returns whether it did.
+fn clamp_mss<K, F: Frame>(pkt: &mut F, sa: &SaRuntime<K>, cfg: &EngineConfig) -> bool {
+    let Some(ip) = pkt.data_mut().get_mut(ethernet::HEADER_LEN..) else { return false };
+    let (v6, hl) = match ip.first() {
+        Some(b) if b >> 4 == 6 => (true, ipv6::HEADER_LEN),
+        Some(b) => (false, usize::from(b & 0x0f) * 4),
+        None => return false,
+    };
+    if ip.get(if v6 { 6 } else { 9 }) != Some(&proto::TCP) {
+        return false;
+    }
+    let outer = if sa.local_v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN };
+    let udp_len = if sa.encap.is_some() { udp::HEADER_LEN } else { 0 };
+    let fits = crate::too_big::largest_inner(cfg.mtu, outer + udp_len + PREFIX_LEN, 16, ICV_LEN);
+    cfg.mss_clamp.limit(fits, v6).is_some_and(|limit| crate::mss::clamp(ip, v6, hl, limit))
 }
 
 fn replay_drop(e: ReplayError) -> DropReason {

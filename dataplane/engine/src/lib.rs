@@ -9,7 +9,7 @@
 //! - `sa`: SA configuration, validation, runtime state and lookup tables.
 //! - `replay`, `reassembly`, `crypto`: the pieces a packet passes through.
 //! - `inbound`, `outbound`: the staged burst pipelines on [`Engine`]; `too_big`: the
-//!   ICMP errors about packets too big for the tunnel.
+//!   ICMP errors about packets too big for the tunnel; `mss`: TCP MSS clamping.
 //! - `reason`: the one list of drop and punt reasons; `counters`, `event`: what the
 //!   engine reports.
 
@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod engine;
 pub mod event;
 pub mod inbound;
+pub mod mss;
 pub mod outbound;
 pub mod reason;
 pub mod reassembly;
@@ -34,6 +35,7 @@ pub use counters::Counters;
 pub use engine::{Engine, EngineConfig, MAX_BURST, TxChecksumOffload};
 pub use event::{Event, EventKind, Host};
 pub use inbound::{InResult, InVerdict, Reassembly};
+pub use mss::MssClamp;
 pub use outbound::{OutResult, OutVerdict, TxChecksum};
 pub use reason::{DropReason, PuntReason};
 pub use sa::{Direction, SaParams};

@@ -95,6 +95,8 @@ pub(crate) struct Meta {
     /// Tunnel mode: the largest inner packet that fits the MTU, once `plan` found this
     /// one does not (else 0).
     fits: usize,
+    /// Tunnel mode, a TCP packet: the MSS its SYN may announce at most (0: no clamping).
+    mss: u16,
     /// Start and length of what ESP carries (the inner packet, or the transport payload).
     pstart: usize,
     plen: usize,
@@ -125,6 +127,7 @@ pub(crate) const EMPTY: Meta = Meta {
     ttl: 0,
     df: false,
     fits: 0,
+    mss: 0,
     pstart: 0,
     plen: 0,
     pad: 0,
@@ -177,6 +180,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             m.live = false;
             m.slot = NO_SLOT;
             m.fits = 0;
+            m.mss = 0;
             match self.classify(pkt.data(), pkt.ip_checksum(), m) {
                 Ok(()) => m.live = true,
                 Err(v) => self.settle_out(res, m, v),
@@ -219,9 +223,13 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         for ((pkt, m), res) in pkts.iter_mut().zip(meta.iter_mut()).zip(results.iter_mut()) {
             if m.live {
                 let (head, room) = (pkt.headroom(), pkt.tailroom() + pkt.len());
-                if let Err(r) = self.plan(head, room, m, res, events) {
-                    let v = if m.fits > 0 { self.too_big(pkt, m) } else { OutVerdict::Drop(r) };
-                    self.settle_out(res, m, v);
+                match self.plan(head, room, m, res, events) {
+                    Ok(()) if m.mss != 0 => self.clamp_mss(pkt, m),
+                    Ok(()) => {}
+                    Err(r) => {
+                        let v = if m.fits > 0 { self.too_big(pkt, m) } else { OutVerdict::Drop(r) };
+                        self.settle_out(res, m, v);
+                    }
                 }
             }
         }
@@ -302,6 +310,25 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             OutVerdict::Punt(p) => self.counters.punts[p as usize] += 1,
             OutVerdict::IcmpTooBig => self.counters.icmp_too_big += 1,
             OutVerdict::Encapsulated => {}
+        }
+    }
+
+    /// Lower the MSS of a TCP SYN about to enter the tunnel (see `mss`): a look at the
+    /// flags of every TCP packet, the rest for SYNs.
+    #[inline]
+    fn clamp_mss<F: Frame>(&mut self, pkt: &mut F, m: &Meta) {
+        if pkt.data().get(m.l3 + m.hl + 13).is_some_and(|flags| flags & 0x02 != 0) {
+            self.clamp_syn(pkt, m);
+        }
+    }
+
+    #[cold]
+    fn clamp_syn<F: Frame>(&mut self, pkt: &mut F, m: &Meta) {
+        let (h, l3) = (pkt.head(), m.l3);
+        if let Some(ip) = pkt.raw_mut().get_mut(h + l3..h + l3 + m.ip_len) {
+            if crate::mss::clamp(ip, m.v6, m.hl, m.mss) {
+                self.counters.mss_clamped += 1;
+            }
         }
     }
 
@@ -397,6 +424,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         if sa.expired {
             return Err(DropReason::SaExpired);
         }
+        let tcp = tunnel && m.next_header == proto::TCP;
         if tunnel {
             // Tunnel mode forwards: the inner TTL must survive its decrement.
             if m.ttl <= 1 {
@@ -428,12 +456,15 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         if end > room {
             return Err(DropReason::NoTailroom);
         }
-        if (end as isize - m.ip_at) as usize > mtu {
-            if tunnel {
-                let overhead = (m.pstart as isize - m.ip_at) as usize;
-                m.fits = crate::too_big::largest_inner(mtu, overhead, usize::from(sa.pad_mask) + 1, ICV_LEN);
+        let too_big = (end as isize - m.ip_at) as usize > mtu;
+        if too_big || tcp {
+            let overhead = (m.pstart as isize - m.ip_at) as usize;
+            let fits = crate::too_big::largest_inner(mtu, overhead, usize::from(sa.pad_mask) + 1, ICV_LEN);
+            if too_big {
+                m.fits = if tunnel { fits } else { 0 };
+                return Err(DropReason::MtuExceeded);
             }
-            return Err(DropReason::MtuExceeded);
+            m.mss = self.cfg.mss_clamp.limit(fits, m.v6).unwrap_or(0);
         }
         if sa.seq >= sa.seq_max() {
             // Never wrap: the next number would repeat an IV under this key.

@@ -119,6 +119,11 @@ pub struct Args {
     /// mtu_exceeded).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub icmp_rate: u32,
+    /// TCP MSS clamping of SYNs crossing the tunnel: `auto` lowers an MSS option to what
+    /// fits the tunnel (from --mtu and the SA's outer headers), a number to at most that
+    /// many bytes, `off` leaves SYNs alone.
+    #[arg(long = "tcp-mss", default_value = "auto", value_name = "auto|off|BYTES")]
+    pub tcp_mss: natt_engine::MssClamp,
     /// Datagrams in reassembly at once per worker (0: drop fragments).
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub reassembly_slots: usize,
@@ -276,5 +281,9 @@ mod tests {
         assert!(a.check().unwrap_err().contains("--icmp-source 192.0.2.2: one address per family"));
         let e = Args::parse_ours("p", &v(&["--icmp-source", "inside"])).unwrap_err().to_string();
         assert!(e.contains("invalid IP address syntax"), "{e}");
+        let a = Args::parse_ours("p", &v(&["--tcp-mss", "1360"])).unwrap();
+        assert_eq!(a.tcp_mss, natt_engine::MssClamp::Fixed(1360));
+        let e = Args::parse_ours("p", &v(&["--tcp-mss", "40"])).unwrap_err().to_string();
+        assert!(e.contains("use auto, off, or an MSS in bytes of at least 536"), "{e}");
     }
 }

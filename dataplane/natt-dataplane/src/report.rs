@@ -163,7 +163,13 @@ fn totals_text(t: &Totals) -> String {
         g(Counter::nat_changes),
         g(Counter::sa_loads)
     );
-    let _ = writeln!(o, "  ICMP too big: {:<12} drops:        {}", g(Counter::icmp_too_big), t.total_drops());
+    let _ = writeln!(
+        o,
+        "  ICMP too big: {:<12} MSS clamped:  {:<12} drops:       {}",
+        g(Counter::icmp_too_big),
+        g(Counter::mss_clamped),
+        t.total_drops()
+    );
     o.push_str(&natt_sadb::view::drops_text(t));
     o
 }

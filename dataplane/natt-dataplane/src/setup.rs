@@ -393,6 +393,7 @@ pub fn build(args: &Args, lcores: &[u32]) -> Result<Shared, SetupError> {
         // Checked with the arguments.
         icmp: natt_engine::IcmpConfig::from_options("--icmp-source", &args.icmp_source, args.icmp_rate)
             .map_err(SetupError)?,
+        mss_clamp: args.tcp_mss,
         ..Default::default()
     };
     engine.reassembly.slots = args.reassembly_slots;

@@ -632,6 +632,7 @@ impl<'a> Worker<'a> {
         b.set(Counter::reassembled, c.reassembled);
         b.set(Counter::nat_changes, c.nat_changes);
         b.set(Counter::icmp_too_big, c.icmp_too_big);
+        b.set(Counter::mss_clamped, c.mss_clamped);
         b.set(Counter::rx_public, io.rx[Role::Public as usize]);
         b.set(Counter::rx_protected, io.rx[Role::Protected as usize]);
         b.set(Counter::rx_punt, io.rx[Role::Punt as usize] + io.rx[Role::ProtectedPunt as usize]);

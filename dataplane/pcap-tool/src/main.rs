@@ -65,6 +65,10 @@ struct Run {
     /// ICMP errors per second at most, in capture time (0: none; the packets are dropped).
     #[arg(long, default_value_t = 1000)]
     icmp_rate: u32,
+    /// TCP MSS clamping of SYNs crossing the tunnel, as natt-dataplane's option: `auto`,
+    /// `off`, or at most this many bytes.
+    #[arg(long = "tcp-mss", default_value = "auto", value_name = "auto|off|BYTES")]
+    tcp_mss: natt_engine::MssClamp,
     /// Datagrams that may be in reassembly at once (0 drops all fragments).
     #[arg(long, default_value_t = 256)]
     reassembly_slots: usize,
@@ -155,6 +159,7 @@ fn process(r: Run, decap: bool) -> Result<(), Failure> {
         mtu: usize::from(r.mtu),
         icmp: natt_engine::IcmpConfig::from_options("--icmp-source", &r.icmp_source, r.icmp_rate)
             .map_err(Failure::Usage)?,
+        mss_clamp: r.tcp_mss,
         ..EngineConfig::default()
     };
     // Before any key is made.

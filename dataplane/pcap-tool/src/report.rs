@@ -134,6 +134,7 @@ pub fn summary(engine: &crate::Eng, packets: u64) -> Value {
             "still_held": engine.reassembler().held(),
             "nat_changes": c.nat_changes,
             "icmp_too_big": c.icmp_too_big,
+            "mss_clamped": c.mss_clamped,
         }
     })
 }

@@ -1,8 +1,13 @@
-"""Packets too big for the tunnel, through natt-pcap: the ICMP errors it writes in their
-place (Fragmentation Needed, Packet Too Big) parsed by scapy and dissected by tshark,
-implementations we did not write: type, code, the MTU reported (the largest inner packet
-that does leave, which is checked too), the checksums, which both recompute and find
-good, and the quoted packet, byte for byte the one that was too big."""
+"""The tunnel's MTU, through natt-pcap, against implementations we did not write:
+
+- packets too big for the tunnel: the ICMP errors written in their place (Fragmentation
+  Needed, Packet Too Big) parsed by scapy and dissected by tshark: type, code, the MTU
+  reported (the largest inner packet that does leave, which is checked too), the
+  checksums, which both recompute and find good, and the quoted packet, byte for byte
+  the one that was too big;
+- TCP MSS clamping: SYNs into the tunnel (scapy decrypts them) and out of it (scapy
+  encrypted them) announce what fits, with a TCP checksum scapy recomputes to the same
+  value, everything else in them unchanged."""
 
 import json
 import os
@@ -10,10 +15,10 @@ import subprocess
 import tempfile
 
 import pytest
-from scapy.all import ICMP, IP, UDP, Ether, IPerror, IPv6, Raw, raw, rdpcap, wrpcap
+from scapy.all import ICMP, IP, TCP, UDP, Ether, IPerror, IPv6, Raw, raw, rdpcap, wrpcap
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6
 
-from natt import MAC_PEER, MAC_US, SPI_OUT, Case, run_natt_pcap, write_config
+from natt import MAC_PEER, MAC_US, SPI_IN, SPI_OUT, Case, run_natt_pcap, write_config
 
 SOURCES = {4: "10.0.0.1", 6: "fd00:10::1"}
 # The largest inner packet that fits 1500 bytes: less the outer IP header, UDP, ESP
@@ -94,3 +99,59 @@ def test_errors_for_packets_too_big_are_what_scapy_and_tshark_expect(c, tmp_path
         else:
             assert (row["icmpv6.type"][0], row["icmpv6.mtu"][0]) == ("2", str(fits)), row
             assert row["icmpv6.checksum.status"][0] == "1", row
+
+
+def syn(c, direction, flags):
+    """A SYN (or SYN-ACK) with MSS 1460 after a NOP (an odd offset) and other options."""
+    ipc = IP if c.inner == 4 else IPv6
+    src, dst = (c.i["client"], c.i["server"]) if direction == "in" else (c.i["server"], c.i["client"])
+    opts = [("NOP", None), ("MSS", 1460), ("SAckOK", b""), ("WScale", 7), ("Timestamp", (123, 0))]
+    p = ipc(src=src, dst=dst) / TCP(sport=40000, dport=443, flags=flags, seq=1000, options=opts)
+    return p.__class__(raw(p))
+
+
+def check_clamped(got, sent, want_mss, c):
+    """`got` is `sent` with MSS `want_mss` and a TCP checksum scapy agrees with."""
+    ipc = IP if c.inner == 4 else IPv6
+    got = ipc(raw(got))
+    assert dict(got[TCP].options)["MSS"] == want_mss, got[TCP].options
+    again = got.copy()
+    del again[TCP].chksum
+    assert ipc(raw(again))[TCP].chksum == got[TCP].chksum, f"{c}: TCP checksum"
+    expected = sent.copy()
+    expected[TCP].options = [(k, want_mss if k == "MSS" else v) for k, v in sent[TCP].options]
+    del expected[TCP].chksum
+    expected = ipc(raw(expected))
+    return raw(got)[len(raw(got)) - len(raw(got[TCP])):] == raw(expected[TCP])
+
+
+@pytest.mark.parametrize("c", [Case(inner=i, outer=o) for i in (4, 6) for o in (4, 6)], ids=str)
+def test_syns_through_the_tunnel_announce_what_fits(c, tmp_path):
+    hl = 20 if c.inner == 4 else 40
+    # Into the tunnel (encap): what fits with the SA's padding (4); out of it (decap):
+    # what fits padded to 16.
+    fits_out, fits_in = FITS[c.outer], {4: 1438, 6: 1406}[c.outer]
+    # One file per direction (the test keys of SPI_IN and SPI_OUT are alike).
+    cfg, cfg_in = tmp_path / "sas.json", tmp_path / "sas_in.json"
+    write_config(cfg, [c.sa_json("outbound", SPI_OUT)])
+    write_config(cfg_in, [c.sa_json("inbound", SPI_IN)])
+    sent = syn(c, "out", "SA")
+    wrpcap(str(tmp_path / "plain.pcap"), [Ether(src=MAC_PEER, dst=MAC_US) / sent])
+    lines, summary = run_natt_pcap("encap", str(cfg), str(tmp_path / "plain.pcap"), str(tmp_path / "esp.pcap"))
+    assert [l["verdict"] for l in lines] == ["accepted"] and summary["summary"]["mss_clamped"] == 1
+    frame = rdpcap(str(tmp_path / "esp.pcap"))[0]
+    outer = frame[IP] if c.outer == 4 else frame[IPv6]
+    dec = c.scapy_sa(SPI_OUT).decrypt(outer.copy(), verify=True)
+    assert check_clamped(dec, sent, fits_out - hl - 20, c), f"{c}: more than the MSS changed"
+
+    sent = syn(c, "in", "S")
+    e = c.scapy_sa(SPI_IN).encrypt(sent)
+    wrpcap(str(tmp_path / "esp_in.pcap"), [Ether(src=MAC_PEER, dst=MAC_US) / e])
+    lines, summary = run_natt_pcap("decap", str(cfg_in), str(tmp_path / "esp_in.pcap"), str(tmp_path / "out.pcap"))
+    assert [l["verdict"] for l in lines] == ["accepted"] and summary["summary"]["mss_clamped"] == 1
+    got = rdpcap(str(tmp_path / "out.pcap"))[0]
+    assert check_clamped(got[IP] if c.inner == 4 else got[IPv6], sent, fits_in - hl - 20, c), f"{c}: more than the MSS changed"
+
+    # --tcp-mss off: the SYN as it was sent.
+    run_natt_pcap("decap", str(cfg_in), str(tmp_path / "esp_in.pcap"), str(tmp_path / "off.pcap"), ["--tcp-mss", "off"])
+    assert raw(rdpcap(str(tmp_path / "off.pcap"))[0])[14:] == raw(sent)
