@@ -8,7 +8,6 @@ use crate::buf::{Frame, RxChecksum};
 use crate::crypto::{AeadInputs, AeadKey, Backend, Icv};
 use crate::engine::{Engine, EngineConfig, MAX_BURST, account};
 use crate::event::{Event, EventKind, Host};
-use crate::mss::MssClamp;
 use crate::reason::{DropReason, PuntReason};
 use crate::reassembly::{FragOutcome, Fragment};
 use crate::replay::ReplayError;
@@ -659,12 +658,12 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
         let spi = sa.spi;
         let verdict = match unwrap_inner(sa, pkt, m) {
-            Ok((verdict, bytes)) => {
+            Ok((verdict, bytes, tcp)) => {
                 account(sa, bytes as u64, events);
                 counters.decap_packets += 1;
                 counters.decap_bytes += bytes as u64;
-                if verdict == InVerdict::Tunnel && cfg.mss_clamp != MssClamp::Off {
-                    counters.mss_clamped += u64::from(clamp_mss(pkt, sa, cfg));
+                if let Some((v6, hl)) = tcp {
+                    counters.mss_clamped += u64::from(clamp_mss(pkt, v6, hl, sa, cfg));
                 }
                 verdict
             }
@@ -683,17 +682,13 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     }
 }
 
-/// Lower the MSS of a TCP SYN that came out of the tunnel (now the frame's inner packet)
-/// to what fits the tunnel back: the SA's outer family and encapsulation, padding to 16
-/// at worst (the paired outbound SA's, not looked up here). Returns whether it did.
-fn clamp_mss<K, F: Frame>(pkt: &mut F, sa: &SaRuntime<K>, cfg: &EngineConfig) -> bool {
+/// Lower the MSS of a TCP SYN that came out of the tunnel (now the frame's inner packet,
+/// of the family `v6` with a header of `hl` bytes) to what fits the tunnel back: the
+/// SA's outer family and encapsulation, padding to 16 at worst (the paired outbound SA's,
+/// not looked up here). Returns whether it did.
+fn clamp_mss<K, F: Frame>(pkt: &mut F, v6: bool, hl: usize, sa: &SaRuntime<K>, cfg: &EngineConfig) -> bool {
     let Some(ip) = pkt.data_mut().get_mut(ethernet::HEADER_LEN..) else { return false };
-    let (v6, hl) = match ip.first() {
-        Some(b) if b >> 4 == 6 => (true, ipv6::HEADER_LEN),
-        Some(b) => (false, usize::from(b & 0x0f) * 4),
-        None => return false,
-    };
-    if ip.get(if v6 { 6 } else { 9 }) != Some(&proto::TCP) {
+    if ip.get(hl + 13).is_none_or(|flags| flags & 0x02 == 0) {
         return false;
     }
     let outer = if sa.local_v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN };
@@ -710,8 +705,11 @@ fn replay_drop(e: ReplayError) -> DropReason {
 }
 
 /// Check the trailer and the inner packet and rewrite the frame around it. Returns the
-/// verdict and the inner length.
-fn unwrap_inner<K, F>(sa: &SaRuntime<K>, pkt: &mut F, m: &Meta) -> Result<(InVerdict, usize), DropReason>
+/// verdict, the inner length, and for an inner TCP packet in tunnel mode its family and
+/// header length (for MSS clamping).
+type Unwrapped = (InVerdict, usize, Option<(bool, usize)>);
+
+fn unwrap_inner<K, F>(sa: &SaRuntime<K>, pkt: &mut F, m: &Meta) -> Result<Unwrapped, DropReason>
 where
     F: Frame,
 {
@@ -728,7 +726,7 @@ where
             let inner = &mut raw[pstart..pstart + plen];
             // Each family checks its own addresses, so that no `IpAddr` is carried
             // across the match.
-            let (len, et) = match t.next_header {
+            let (len, et, tcp) = match t.next_header {
                 proto::IPV4 => {
                     let r = ipv4::check(inner, RxChecksum::Unknown).map_err(|_| DropReason::InnerMalformed)?;
                     let ecn = r.tos & 3;
@@ -737,25 +735,26 @@ where
                     if new_ecn != ecn {
                         ipv4::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
                     }
-                    (r.total_len, ethertype::IPV4)
+                    (r.total_len, ethertype::IPV4, (r.protocol == proto::TCP).then_some((false, r.header_len)))
                 }
                 proto::IPV6 => {
                     let ip = ipv6::Packet::new_checked(&inner[..]).map_err(|_| DropReason::InnerMalformed)?;
                     let (len, ecn) = (ip.total_len(), ip.traffic_class() & 3);
+                    let tcp = (ip.next_header() == proto::TCP).then_some((true, ipv6::HEADER_LEN));
                     let inside =
                         sa.sel_peer.contains_v6(ip.src().to_bits()) && sa.sel_local.contains_v6(ip.dst().to_bits());
                     let new_ecn = inner_checks(inside, m, ecn)?;
                     if new_ecn != ecn {
                         ipv6::Packet::new_unchecked(&mut inner[..]).set_ecn(new_ecn);
                     }
-                    (len, ethertype::IPV6)
+                    (len, ethertype::IPV6, tcp)
                 }
                 _ => return Err(DropReason::NextHeaderUnsupported),
             };
             let l2 = pstart - ethernet::HEADER_LEN;
             write_l2(raw, h, l2, et);
             pkt.set_range(l2, ethernet::HEADER_LEN + len);
-            Ok((InVerdict::Tunnel, len))
+            Ok((InVerdict::Tunnel, len, tcp))
         }
         Mode::Transport => {
             let hl = if m.v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN };
@@ -795,7 +794,7 @@ where
                 fix_l4_checksum(ip, m.src, m.dst, t.next_header).map_err(|_| DropReason::InnerMalformed)?;
             }
             pkt.set_range(l2, ethernet::HEADER_LEN + hl + plen);
-            Ok((InVerdict::Transport, hl + plen))
+            Ok((InVerdict::Transport, hl + plen, None))
         }
     }
 }
