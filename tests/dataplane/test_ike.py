@@ -264,20 +264,15 @@ def test_an_ike_sa_comes_up_through_a_nat_with_the_hosts_ike_daemon_behind_the_t
     assert drops(stats) == {}, drops(stats)
 
 
-HOST_CHILD = """children {
-      net {
-        local_ts = 192.0.2.0/24
-        remote_ts = 10.0.0.0/24
-        esp_proposals = aes128gcm16
-      }
-    }"""
-USER_CHILD = """children {
-      net {
-        local_ts = 10.0.0.2/32
-        remote_ts = 192.0.2.0/24
-        esp_proposals = aes128gcm16
-      }
-    }"""
+def child(local_ts, remote_ts):
+    """A CHILD_SA `net` of AES-128-GCM ESP between these selectors."""
+    return ("children {\n      net {\n"
+            f"        local_ts = {local_ts}\n        remote_ts = {remote_ts}\n        esp_proposals = aes128gcm16\n"
+            "      }\n    }")
+
+
+HOST_CHILD = child("192.0.2.0/24", "10.0.0.0/24")
+USER_CHILD = child(f"{CLIENT}/32", "192.0.2.0/24")
 ECHOES = 50
 
 
