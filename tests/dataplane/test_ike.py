@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -433,6 +434,33 @@ def test_a_strongswan_client_behind_a_nat_talks_through_the_dataplane_with_the_k
     assert e["new"]["addr"] == NAT_OUT and e["new"]["port"] in NEW_NAT_PORTS, e
 
 
+def traceroute_first_hop(server):
+    """Send a UDP probe with TTL 1 from the server to the client, as traceroute's first
+    does; return (the address that answered, ICMP type, code), from the socket's error
+    queue (IP_RECVERR)."""
+    with server.entered():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+    s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+    s.sendto(b"probe", (CLIENT, 33434))
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        try:
+            _, anc, _, _ = s.recvmsg(512, 512, 0x2000)  # MSG_ERRQUEUE
+        except BlockingIOError:
+            time.sleep(0.02)
+            continue
+        for level, kind, data in anc:
+            if level == socket.IPPROTO_IP and kind == 11:
+                # struct sock_extended_err, then the offender's sockaddr_in.
+                _, origin, icmp_type, code = struct.unpack_from("=IBBB", data)
+                offender = socket.inet_ntoa(data[16 + 4:16 + 8])
+                s.close()
+                return offender, icmp_type, code
+    s.close()
+    return None
+
+
 @pytest.mark.parametrize("way", ["icmp", "mss"])
 def test_full_size_tcp_crosses_the_tunnel(net, tmp_path, way):
     """TCP from a server behind the headend to the client, whose tunnel interface takes
@@ -480,6 +508,8 @@ def test_full_size_tcp_crosses_the_tunnel(net, tmp_path, way):
         c.close()
         ls.close()
         route = server.exec("ip", "route", "get", CLIENT)
+        if way == "icmp":
+            hop = traceroute_first_hop(server)
     assert b"".join(chunks) == down, "the download did not arrive whole"
     tot = t.stats["totals"]
     assert drops(t.stats) == {}, drops(t.stats)
@@ -488,6 +518,9 @@ def test_full_size_tcp_crosses_the_tunnel(net, tmp_path, way):
         # IPv4 (20 + 8 + 8 + 8 + 16) and the trailer's 2, rounded down to 4.
         assert re.search(r"\bmtu 1438\b", route), route
         assert tot["icmp_too_big"] >= 1 and tot["mss_clamped"] == 0, tot
+        # And traceroute's first probe towards the client comes back from the headend.
+        assert hop == (INSIDE, 11, 0), hop
+        assert tot["icmp_ttl_exceeded"] == 1, tot
     else:
         # The client's SYN (1460) and the server's SYN-ACK, both clamped to 1398.
         assert "mtu" not in route, route

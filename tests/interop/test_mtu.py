@@ -5,6 +5,8 @@
   reported (the largest inner packet that does leave, which is checked too), the
   checksums, which both recompute and find good, and the quoted packet, byte for byte
   the one that was too big;
+- packets whose TTL or hop limit runs out at the headend: the Time Exceeded written in
+  their place, parsed by scapy and dissected by tshark the same way;
 - TCP MSS clamping: SYNs into the tunnel (scapy decrypts them) and out of it (scapy
   encrypted them) announce what fits, with a TCP checksum scapy recomputes to the same
   value, everything else in them unchanged."""
@@ -16,7 +18,7 @@ import tempfile
 
 import pytest
 from scapy.all import ICMP, IP, TCP, UDP, Ether, IPerror, IPv6, Raw, raw, rdpcap, wrpcap
-from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6
+from scapy.layers.inet6 import ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPerror6
 
 from natt import MAC_PEER, MAC_US, SPI_IN, SPI_OUT, Case, run_natt_pcap, write_config
 
@@ -155,3 +157,59 @@ def test_syns_through_the_tunnel_announce_what_fits(c, tmp_path):
     # --tcp-mss off: the SYN as it was sent.
     run_natt_pcap("decap", str(cfg_in), str(tmp_path / "esp_in.pcap"), str(tmp_path / "off.pcap"), ["--tcp-mss", "off"])
     assert raw(rdpcap(str(tmp_path / "off.pcap"))[0])[14:] == raw(sent)
+
+
+def tshark_fields(pcap, fields):
+    """One dict per frame of the fields' values (lists), from tshark."""
+    with tempfile.TemporaryDirectory() as prof:
+        env = dict(os.environ, WIRESHARK_CONFIG_DIR=prof, HOME=prof)
+        cmd = ["tshark", "-n", "-r", pcap, "-o", "ip.check_checksum:TRUE", "-T", "ek"]
+        for f in fields:
+            cmd += ["-e", f]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stderr
+    rows = [json.loads(l)["layers"] for l in p.stdout.splitlines() if '"layers"' in l]
+    return [{k.replace("_", "."): v for k, v in r.items()} for r in rows]
+
+
+@pytest.mark.parametrize("c", [Case(inner=i, outer=4) for i in (4, 6)], ids=str)
+def test_time_exceeded_is_what_scapy_and_tshark_expect(c, tmp_path):
+    cfg = tmp_path / "sas.json"
+    write_config(cfg, [c.sa_json("outbound", SPI_OUT)])
+    sent = []
+    for ttl in (1, 0):
+        p = inner(c, 100)
+        if c.inner == 4:
+            p.ttl = ttl
+            del p.chksum
+        else:
+            p.hlim = ttl
+        sent.append(Ether(src=MAC_PEER, dst=MAC_US) / p.__class__(raw(p)))
+    wrpcap(str(tmp_path / "plain.pcap"), sent)
+    extra = ["--icmp-source", SOURCES[4], "--icmp-source", SOURCES[6]]
+    lines, summary = run_natt_pcap("encap", str(cfg), str(tmp_path / "plain.pcap"), str(tmp_path / "out.pcap"), extra)
+    assert [l["verdict"] for l in lines] == ["icmp_ttl_exceeded"] * 2 and summary["summary"]["icmp_ttl_exceeded"] == 2
+    for frame, s in zip(rdpcap(str(tmp_path / "out.pcap")), sent):
+        original = raw(s)[14:]
+        if c.inner == 4:
+            ip, icmp = frame[IP], frame[ICMP]
+            assert (ip.src, ip.dst, icmp.type, icmp.code) == (SOURCES[4], c.i["server"], 11, 0)
+            again = ip.copy()
+            del again.chksum
+            del again[ICMP].chksum
+            again = IP(raw(again))
+            assert (again.chksum, again[ICMP].chksum) == (ip.chksum, icmp.chksum), "checksums"
+        else:
+            ip, icmp = frame[IPv6], frame[ICMPv6TimeExceeded]
+            assert (ip.src, ip.dst, icmp.type, icmp.code) == (SOURCES[6], c.i["server"], 3, 0)
+            again = ip.copy()
+            del again[ICMPv6TimeExceeded].cksum
+            assert IPv6(raw(again))[ICMPv6TimeExceeded].cksum == icmp.cksum, "ICMPv6 checksum"
+        assert raw(icmp.payload) == original, "the packet quoted whole, as it arrived"
+    rows = tshark_fields(str(tmp_path / "out.pcap"), ["icmp.type", "icmp.checksum.status", "icmpv6.type",
+                                                     "icmpv6.checksum.status"])
+    for row in rows:
+        if c.inner == 4:
+            assert (row["icmp.type"][0], row["icmp.checksum.status"][0]) == ("11", "1"), row
+        else:
+            assert (row["icmpv6.type"][0], row["icmpv6.checksum.status"][0]) == ("3", "1"), row

@@ -143,6 +143,7 @@ pub fn text(v: &StatsView, prev: Option<(&StatsView, f64)>) -> String {
         ("NAT changes", Counter::nat_changes),
         ("reassembled", Counter::reassembled),
         ("ICMP too big", Counter::icmp_too_big),
+        ("ICMP TTL", Counter::icmp_ttl_exceeded),
         ("MSS clamped", Counter::mss_clamped),
     ];
     for (label, c) in rows {

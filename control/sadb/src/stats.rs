@@ -82,6 +82,7 @@ counters! {
     sa_record_lookups = 40: "SA lookups that read the SA's record in the shared table (its state was not loaded or not trusted; see \"Trusted states\")",
     icmp_too_big = 41: "ICMP errors sent back to the protected side about packets too big for the tunnel (Fragmentation Needed, Packet Too Big)",
     mss_clamped = 42: "TCP SYNs whose MSS option was lowered to what fits the tunnel (--tcp-mss)",
+    icmp_ttl_exceeded = 43: "ICMP Time Exceeded sent back to the protected side about packets whose TTL or hop limit would reach zero here",
 }
 
 /// One worker's block.

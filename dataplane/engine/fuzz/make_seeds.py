@@ -53,6 +53,7 @@ seeds = {
 tcp_syn = struct.pack(">HHIIBBHHH", 40000, 443, 1, 0, 7 << 4, 0x02, 64240, 0, 0) + bytes([1, 2, 4, 5, 0xB4, 4, 2, 0])
 seeds["syn_in"] = rec(1 | 4, bytes([0]) + struct.pack(">I", 2) + b"\x01" + trailer(ipv4([10, 8, 0, 2], [10, 0, 1, 5], 6, tcp_syn), 4))
 seeds["syn_out"] = rec(2 | 0x70, eth(ipv4([10, 0, 1, 5], [10, 8, 0, 2], 6, tcp_syn)))
+seeds["ttl_1"] = rec(2 | 0x70, eth(ipv4([10, 0, 1, 5], [10, 8, 0, 2], 17, udp(33434, 33435, b"probe"), ttl=1)))
 seeds["too_big"] = rec(2 | 0x70, eth(ipv4([10, 0, 1, 5], [10, 8, 0, 2], 17, udp(53, 5000, bytes(1480)))))
 # Sizes that cross the crypto libraries' block loops (16, 64, 128, 256 bytes at a time),
 # delivered, so their bytes are compared between the two backends. Grouped so that no

@@ -29,6 +29,8 @@ pub struct Counters {
     pub nat_changes: u64,
     /// ICMP errors sent back about packets too big for the tunnel.
     pub icmp_too_big: u64,
+    /// ICMP Time Exceeded sent back about packets whose TTL would reach zero here.
+    pub icmp_ttl_exceeded: u64,
     /// TCP SYNs whose MSS option was lowered to what fits the tunnel.
     pub mss_clamped: u64,
 }
@@ -52,6 +54,7 @@ impl Default for Counters {
             reassembled: 0,
             nat_changes: 0,
             icmp_too_big: 0,
+            icmp_ttl_exceeded: 0,
             mss_clamped: 0,
         }
     }
@@ -97,6 +100,7 @@ impl Counters {
         self.reassembled += o.reassembled;
         self.nat_changes += o.nat_changes;
         self.icmp_too_big += o.icmp_too_big;
+        self.icmp_ttl_exceeded += o.icmp_ttl_exceeded;
         self.mss_clamped += o.mss_clamped;
     }
 }

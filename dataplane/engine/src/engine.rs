@@ -5,10 +5,10 @@
 use crate::counters::Counters;
 use crate::crypto::{Backend, Ring};
 use crate::event::{Event, EventKind, ExpiryCause, Host, Limit};
+use crate::icmp_error::{Bucket, IcmpConfig};
 use crate::mss::MssClamp;
 use crate::reassembly::{Reassembler, ReassemblyConfig};
 use crate::sa::{Direction, SaEntry, SaParams, SaRuntime, SaStore, SaTable, TableError};
-use crate::too_big::{Bucket, IcmpConfig};
 use crate::wire::esp::NATT_PORT;
 
 /// Packets processed per stage pass; longer slices are processed in chunks of this.
@@ -22,7 +22,7 @@ pub struct EngineConfig {
     pub mtu: usize,
     /// Checksums of encapsulated packets that the NIC of the public side computes.
     pub tx_checksum: TxChecksumOffload,
-    /// ICMP errors about packets too big for the tunnel (see `too_big`).
+    /// ICMP errors about packets too big for the tunnel or out of TTL (see `icmp_error`).
     pub icmp: IcmpConfig,
     /// TCP MSS clamping of SYNs crossing the tunnel (see `mss`).
     pub mss_clamp: MssClamp,

@@ -693,7 +693,7 @@ fn clamp_mss<K, F: Frame>(pkt: &mut F, v6: bool, hl: usize, sa: &SaRuntime<K>, c
     }
     let outer = if sa.local_v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN };
     let udp_len = if sa.encap.is_some() { udp::HEADER_LEN } else { 0 };
-    let fits = crate::too_big::largest_inner(cfg.mtu, outer + udp_len + PREFIX_LEN, 16, ICV_LEN);
+    let fits = crate::icmp_error::largest_inner(cfg.mtu, outer + udp_len + PREFIX_LEN, 16, ICV_LEN);
     cfg.mss_clamp.limit(fits, v6).is_some_and(|limit| crate::mss::clamp(ip, v6, hl, limit))
 }
 

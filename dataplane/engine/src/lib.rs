@@ -8,8 +8,9 @@
 //! - `wire`: zero-copy header views.
 //! - `sa`: SA configuration, validation, runtime state and lookup tables.
 //! - `replay`, `reassembly`, `crypto`: the pieces a packet passes through.
-//! - `inbound`, `outbound`: the staged burst pipelines on [`Engine`]; `too_big`: the
-//!   ICMP errors about packets too big for the tunnel; `mss`: TCP MSS clamping.
+//! - `inbound`, `outbound`: the staged burst pipelines on [`Engine`]; `icmp_error`: the
+//!   ICMP errors about packets too big for the tunnel or out of TTL; `mss`: TCP MSS
+//!   clamping.
 //! - `reason`: the one list of drop and punt reasons; `counters`, `event`: what the
 //!   engine reports.
 
@@ -20,6 +21,7 @@ pub mod counters;
 pub mod crypto;
 pub mod engine;
 pub mod event;
+pub mod icmp_error;
 pub mod inbound;
 pub mod mss;
 pub mod outbound;
@@ -27,16 +29,15 @@ pub mod reason;
 pub mod reassembly;
 pub mod replay;
 pub mod sa;
-pub mod too_big;
 pub mod wire;
 
 pub use buf::{Frame, PktBuf, RxChecksum};
 pub use counters::Counters;
 pub use engine::{Engine, EngineConfig, MAX_BURST, TxChecksumOffload};
 pub use event::{Event, EventKind, Host};
+pub use icmp_error::IcmpConfig;
 pub use inbound::{InResult, InVerdict, Reassembly};
 pub use mss::MssClamp;
 pub use outbound::{OutResult, OutVerdict, TxChecksum};
 pub use reason::{DropReason, PuntReason};
 pub use sa::{Direction, SaParams};
-pub use too_big::IcmpConfig;

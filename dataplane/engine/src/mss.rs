@@ -1,8 +1,8 @@
 //! TCP MSS clamping. A TCP SYN (or SYN-ACK) crossing the tunnel in either direction has
 //! its MSS option lowered to what fits the tunnel, so that neither end sends segments the
-//! tunnel cannot carry whole, whether or not ICMP reaches it (`too_big` is the other
+//! tunnel cannot carry whole, whether or not ICMP reaches it (`icmp_error` is the other
 //! half). `auto` takes the largest inner packet that fits the public MTU after ESP (see
-//! `too_big::largest_inner`) less the inner IP and TCP headers; an MSS already below is
+//! `icmp_error::largest_inner`) less the inner IP and TCP headers; an MSS already below is
 //! left alone, as is a SYN without the option. The TCP checksum is patched
 //! incrementally (RFC 1624). Only unfragmented packets whose TCP header follows the IP
 //! header directly (IPv4 options allowed, no IPv6 extension headers) are looked at.

@@ -8,6 +8,7 @@ use crate::buf::{Frame, RxChecksum};
 use crate::crypto::{AeadInputs, AeadKey, Backend};
 use crate::engine::{Engine, MAX_BURST, account, expire};
 use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
+use crate::icmp_error::IcmpError;
 use crate::reason::{DropReason, PuntReason};
 use crate::sa::{CRYPTO_AHEAD, DfPolicy, Endpoint, Mode, OUTER4_LEN, OutboundAhead, SaStore};
 use crate::wire::esp::{self, ICV_LEN, PREFIX_LEN, TRAILER_LEN};
@@ -24,8 +25,11 @@ pub enum OutVerdict {
     /// Not IP: for the host stack, unchanged.
     Punt(PuntReason),
     /// Too big for the tunnel: the frame is now the ICMP error that tells the sender the
-    /// largest packet that fits (`too_big`), to go back the way the packet came.
+    /// largest packet that fits (`icmp_error`), to go back the way the packet came.
     IcmpTooBig,
+    /// Its TTL or hop limit would reach zero here: the frame is now the ICMP Time
+    /// Exceeded about it (`icmp_error`), to go back the way the packet came.
+    IcmpTtlExceeded,
     Drop(DropReason),
 }
 
@@ -227,7 +231,11 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
                     Ok(()) if m.mss != 0 => self.clamp_mss(pkt, m),
                     Ok(()) => {}
                     Err(r) => {
-                        let v = if m.fits > 0 { self.too_big(pkt, m) } else { OutVerdict::Drop(r) };
+                        let v = match r {
+                            DropReason::MtuExceeded if m.fits > 0 => self.icmp_error(pkt, m, IcmpError::TooBig(m.fits)),
+                            DropReason::TtlExceeded => self.icmp_error(pkt, m, IcmpError::TtlExceeded),
+                            _ => OutVerdict::Drop(r),
+                        };
                         self.settle_out(res, m, v);
                     }
                 }
@@ -309,6 +317,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
             }
             OutVerdict::Punt(p) => self.counters.punts[p as usize] += 1,
             OutVerdict::IcmpTooBig => self.counters.icmp_too_big += 1,
+            OutVerdict::IcmpTtlExceeded => self.counters.icmp_ttl_exceeded += 1,
             OutVerdict::Encapsulated => {}
         }
     }
@@ -332,12 +341,15 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         }
     }
 
-    /// A tunnel-mode packet too big for the tunnel: the ICMP error about it where one may
-    /// be sent (see `too_big`), else dropped.
+    /// A tunnel-mode packet that cannot be forwarded: the ICMP error about it where one
+    /// may be sent (see `icmp_error`), else dropped.
     #[cold]
-    fn too_big<F: Frame>(&mut self, pkt: &mut F, m: &Meta) -> OutVerdict {
-        let refused = OutVerdict::Drop(DropReason::MtuExceeded);
-        if !m.v6 && !m.df {
+    fn icmp_error<F: Frame>(&mut self, pkt: &mut F, m: &Meta, what: IcmpError) -> OutVerdict {
+        let (refused, sent) = match what {
+            IcmpError::TooBig(_) => (OutVerdict::Drop(DropReason::MtuExceeded), OutVerdict::IcmpTooBig),
+            IcmpError::TtlExceeded => (OutVerdict::Drop(DropReason::TtlExceeded), OutVerdict::IcmpTtlExceeded),
+        };
+        if matches!(what, IcmpError::TooBig(_)) && !m.v6 && !m.df {
             return refused;
         }
         let Some(local) = self.sas.entry(m.slot).map(|e| e.rt.local) else { return refused };
@@ -350,16 +362,12 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         };
         let Some(from) = from else { return refused };
         let ip = pkt.data().get(m.l3..m.l3 + m.ip_len).unwrap_or_default();
-        let Some(to) = crate::too_big::may_answer(ip, m.v6, m.hl) else { return refused };
-        if !crate::too_big::has_room(pkt.head() + m.l3, m.v6) || !self.icmp_bucket.take(self.now) {
+        let Some(to) = crate::icmp_error::may_answer(ip, m.v6, m.hl) else { return refused };
+        if !crate::icmp_error::has_room(pkt.head() + m.l3, m.v6) || !self.icmp_bucket.take(self.now) {
             return refused;
         }
         let ident = self.next_ident();
-        if crate::too_big::write(pkt, m.l3, m.ip_len, from, to, m.fits, ident) {
-            OutVerdict::IcmpTooBig
-        } else {
-            refused
-        }
+        if crate::icmp_error::write(pkt, m.l3, m.ip_len, from, to, what, ident) { sent } else { refused }
     }
 
     // ---- stage 1 ----
@@ -459,7 +467,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         let too_big = (end as isize - m.ip_at) as usize > mtu;
         if too_big || tcp {
             let overhead = (m.pstart as isize - m.ip_at) as usize;
-            let fits = crate::too_big::largest_inner(mtu, overhead, usize::from(sa.pad_mask) + 1, ICV_LEN);
+            let fits = crate::icmp_error::largest_inner(mtu, overhead, usize::from(sa.pad_mask) + 1, ICV_LEN);
             if too_big {
                 m.fits = if tunnel { fits } else { 0 };
                 return Err(DropReason::MtuExceeded);

@@ -61,7 +61,7 @@ drop_reasons! {
     InnerMalformed = "inner_malformed", Sa, "inner packet has an invalid header or is longer than its ESP payload";
     SelectorMismatch = "selector_mismatch", Sa, "inner addresses outside the SA's traffic selectors (anti-spoofing)";
     EcnCeNotEct = "ecn_ce_not_ect", Sa, "outer header marked CE over a Not-ECT inner packet (RFC 6040 §4.2)";
-    TtlExceeded = "ttl_exceeded", Sa, "TTL or hop limit would reach zero when forwarded";
+    TtlExceeded = "ttl_exceeded", Sa, "TTL or hop limit would reach zero when forwarded, and no ICMP Time Exceeded could be sent instead (about an ICMP error, no source of the family, rate limit)";
     SeqExhausted = "seq_exhausted", Sa, "the next sequence number would wrap; the SA is expired, never reused";
     SeqUnreserved = "seq_unreserved", Sa, "the host could not durably reserve more sequence numbers, so none are used";
     NoHeadroom = "no_headroom", Sa, "buffer headroom too small for the outer headers";

@@ -422,11 +422,13 @@ fn outer_headers_are_what_rfc_3948_asks() {
 }
 
 #[test]
-fn ttl_is_decremented_and_expiry_dropped() {
+fn ttl_expiry_is_answered_where_it_may_be_and_dropped_where_not() {
     let s = Setup::default();
     let mut headend = s.headend();
+    // IPv4: Time Exceeded from the SA's address (tests/icmp_errors.rs has the fields).
     let f = ip_udp_frame(SERVER4, CLIENT_IN4, 1, 2, b"abc", 1);
-    assert_eq!(encap(&mut headend, &f).0.verdict, OutVerdict::Drop(DropReason::TtlExceeded));
+    assert_eq!(encap(&mut headend, &f).0.verdict, OutVerdict::IcmpTtlExceeded);
+    // IPv6 in an IPv4 tunnel, no IPv6 source given: dropped.
     let f = ip_udp_frame(SERVER6, CLIENT_IN6, 1, 2, b"abc", 1);
     assert_eq!(encap(&mut headend, &f).0.verdict, OutVerdict::Drop(DropReason::TtlExceeded));
 }

@@ -243,7 +243,13 @@ fn outbound_errors() {
     expect_out(&mut e, &bad, DropReason::IpChecksumBad);
     expect_out(&mut e, &ip_udp_frame(SERVER4, "10.200.0.1", 53, 5000, b"x", 64), DropReason::NoOutboundSa);
     expect_out(&mut e, &ip_udp_frame("192.0.2.50", CLIENT_IN4, 53, 5000, b"x", 64), DropReason::SelectorMismatch);
-    expect_out(&mut e, &ip_udp_frame(SERVER4, CLIENT_IN4, 53, 5000, b"x", 1), DropReason::TtlExceeded);
+    // TTL 1 on an ICMP error: no Time Exceeded about it (tests/icmp_errors.rs has those).
+    let mut unreachable = vec![3u8, 1, 0, 0, 0, 0, 0, 0];
+    let c = natt_engine::wire::checksum::checksum(&unreachable);
+    unreachable[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = ipv4_header(SERVER4, CLIENT_IN4, 1, unreachable.len(), 1, 0, 3);
+    ip.extend_from_slice(&unreachable);
+    expect_out(&mut e, &eth(0x0800, &ip), DropReason::TtlExceeded);
     // Too big, and DF clear: no ICMP error to send (tests/too_big.rs has those).
     let mut big = ip_udp_frame(SERVER4, CLIENT_IN4, 53, 5000, &[0u8; 1460], 64);
     big[20] &= !0x40;

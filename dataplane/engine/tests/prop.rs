@@ -138,7 +138,7 @@ proptest! {
         prop_assert_eq!(c.decap_packets, 0);
         // Every frame is accounted for exactly once.
         let handled = c.decap_packets + c.encap_packets + c.keepalives + c.punts.iter().sum::<u64>()
-            + c.total_drops() + c.icmp_too_big + c.frag_absorbed + u64::from(headend.reassembler().held());
+            + c.total_drops() + c.icmp_too_big + c.icmp_ttl_exceeded + c.frag_absorbed + u64::from(headend.reassembler().held());
         prop_assert_eq!(c.in_packets + c.out_packets, handled);
     }
 

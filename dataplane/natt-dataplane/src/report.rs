@@ -165,11 +165,12 @@ fn totals_text(t: &Totals) -> String {
     );
     let _ = writeln!(
         o,
-        "  ICMP too big: {:<12} MSS clamped:  {:<12} drops:       {}",
+        "  ICMP too big: {:<12} ICMP TTL:     {:<12} MSS clamped: {}",
         g(Counter::icmp_too_big),
-        g(Counter::mss_clamped),
-        t.total_drops()
+        g(Counter::icmp_ttl_exceeded),
+        g(Counter::mss_clamped)
     );
+    let _ = writeln!(o, "  drops:        {}", t.total_drops());
     o.push_str(&natt_sadb::view::drops_text(t));
     o
 }

@@ -403,7 +403,7 @@ impl<'a> Worker<'a> {
                 OutVerdict::Punt(_) => self.punt(Role::ProtectedPunt, m),
                 // Back the way the packet came (packets handed over by another worker
                 // came from the protected port, or rarely the host's).
-                OutVerdict::IcmpTooBig => match source {
+                OutVerdict::IcmpTooBig | OutVerdict::IcmpTtlExceeded => match source {
                     Source::Protected => self.forward(Role::Protected, m),
                     Source::HostPublic => self.punt(Role::Punt, m),
                     Source::HostProtected => self.punt(Role::ProtectedPunt, m),
@@ -632,6 +632,7 @@ impl<'a> Worker<'a> {
         b.set(Counter::reassembled, c.reassembled);
         b.set(Counter::nat_changes, c.nat_changes);
         b.set(Counter::icmp_too_big, c.icmp_too_big);
+        b.set(Counter::icmp_ttl_exceeded, c.icmp_ttl_exceeded);
         b.set(Counter::mss_clamped, c.mss_clamped);
         b.set(Counter::rx_public, io.rx[Role::Public as usize]);
         b.set(Counter::rx_protected, io.rx[Role::Protected as usize]);

@@ -207,8 +207,8 @@ fn process(r: Run, decap: bool) -> Result<(), Failure> {
             let mut res = [OutResult::default()];
             engine.tick(now);
             engine.encap_burst(&mut pkts, &mut res, &mut events);
-            let ok =
-                matches!(res[0].verdict, natt_engine::OutVerdict::Encapsulated | natt_engine::OutVerdict::IcmpTooBig);
+            use natt_engine::OutVerdict::{Encapsulated, IcmpTooBig, IcmpTtlExceeded};
+            let ok = matches!(res[0].verdict, Encapsulated | IcmpTooBig | IcmpTtlExceeded);
             (report::encap_line(index, frame.timestamp, frame.data.len(), &res[0], &pkts[0], &engine, &events), ok)
         };
         if produced {

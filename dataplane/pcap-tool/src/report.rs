@@ -86,9 +86,10 @@ pub fn encap_line<B: AsRef<[u8]> + AsMut<[u8]>>(
             m.insert("verdict".into(), "punted".into());
             m.insert("punt".into(), p.name().into());
         }
-        OutVerdict::IcmpTooBig => {
+        OutVerdict::IcmpTooBig | OutVerdict::IcmpTtlExceeded => {
             // What leaves is the error, not the packet: in the output capture too.
-            m.insert("verdict".into(), "icmp_too_big".into());
+            let v = if res.verdict == OutVerdict::IcmpTooBig { "icmp_too_big" } else { "icmp_ttl_exceeded" };
+            m.insert("verdict".into(), v.into());
             m.insert("out_len".into(), pkt.len().into());
         }
         OutVerdict::Drop(r) => {
@@ -134,6 +135,7 @@ pub fn summary(engine: &crate::Eng, packets: u64) -> Value {
             "still_held": engine.reassembler().held(),
             "nat_changes": c.nat_changes,
             "icmp_too_big": c.icmp_too_big,
+            "icmp_ttl_exceeded": c.icmp_ttl_exceeded,
             "mss_clamped": c.mss_clamped,
         }
     })

@@ -168,7 +168,7 @@ fuzz_target!(|data: &[u8]| {
             eng.encap_burst(&mut pkts, &mut res, &mut events);
             mb.encap_burst(&mut mb_pkts, &mut mb_res, &mut mb_events);
             assert_eq!(res, mb_res, "encap verdicts, ring and intel-ipsec-mb");
-            if matches!(res[0].verdict, OutVerdict::Encapsulated | OutVerdict::IcmpTooBig) {
+            if matches!(res[0].verdict, OutVerdict::Encapsulated | OutVerdict::IcmpTooBig | OutVerdict::IcmpTtlExceeded) {
                 assert_eq!(pkts[0].data(), mb_pkts[0].data(), "encapsulated bytes, or the ICMP error");
             }
         } else {
@@ -193,6 +193,7 @@ fuzz_target!(|data: &[u8]| {
             + c.punts.iter().sum::<u64>()
             + c.total_drops()
             + c.icmp_too_big
+            + c.icmp_ttl_exceeded
             + c.frag_absorbed
             + u64::from(eng.reassembler().held());
         assert_eq!(c.in_packets + c.out_packets, handled, "accounting: {c:?}");

@@ -1,12 +1,13 @@
-//! Packets too big for the tunnel: the ICMP error that goes back to the sender in their
-//! place (Fragmentation Needed, Packet Too Big), checked field by field and byte for
-//! byte against the packet that caused it; the largest packet it reports is the largest
-//! that leaves; what may not be answered is dropped; the rate limit holds.
+//! The ICMP errors the engine sends back in place of packets it cannot forward: for
+//! packets too big for the tunnel (Fragmentation Needed, Packet Too Big) and for packets
+//! whose TTL or hop limit runs out here (Time Exceeded), checked field by field and byte
+//! for byte against the packet that caused them; the largest packet reported is the
+//! largest that leaves; what may not be answered is dropped; the rate limit holds.
 
 mod common;
 
 use common::*;
-use natt_engine::too_big::IcmpConfig;
+use natt_engine::icmp_error::IcmpConfig;
 use natt_engine::wire::checksum;
 use natt_engine::{DropReason, Engine, EngineConfig, Frame, OutResult, OutVerdict, PktBuf};
 use serde_json::json;
@@ -226,4 +227,68 @@ fn without_headroom_for_its_headers_the_packet_is_dropped() {
     e.encap_burst(&mut pkts, &mut res, &mut Vec::new());
     assert_eq!(res[0].verdict, OutVerdict::IcmpTooBig);
     check_packet_too_big(pkts[0].data(), &big, INSIDE6, 1438);
+}
+
+/// Check an ICMP or ICMPv6 Time Exceeded frame about `original` from `from`.
+fn check_time_exceeded(out: &[u8], original: &[u8], from: &str) {
+    let inner = &original[14..];
+    assert_eq!((&out[..6], &out[6..12]), (&original[6..12], &original[..6]));
+    if inner[0] >> 4 == 4 {
+        let quoted = inner.len().min(576 - 28);
+        assert_eq!((out.len(), &out[12..14]), (14 + 28 + quoted, &[0x08u8, 0x00][..]));
+        let ip = &out[14..34];
+        assert_eq!((ip[9], checksum::fold(checksum::sum(ip))), (1, 0xffff));
+        assert_eq!((addr4(&ip[12..16]), addr4(&ip[16..20])), (from.to_string(), addr4(&inner[12..16])));
+        let icmp = &out[34..];
+        assert_eq!(&icmp[..2], &[11, 0], "Time Exceeded, in transit");
+        assert_eq!(&icmp[4..8], &[0u8; 4]);
+        assert_eq!(checksum::fold(checksum::sum(icmp)), 0xffff, "ICMP checksum");
+        assert_eq!(&icmp[8..], &inner[..quoted]);
+    } else {
+        let quoted = inner.len().min(1280 - 48);
+        assert_eq!((out.len(), &out[12..14]), (14 + 48 + quoted, &[0x86u8, 0xdd][..]));
+        let ip = &out[14..54];
+        let (src, dst) = (addr6(&ip[8..24]), addr6(&ip[24..40]));
+        assert_eq!((ip[6], src.as_str(), dst.as_str()), (58, from, addr6(&inner[8..24]).as_str()));
+        let icmp = &out[54..];
+        assert_eq!(&icmp[..2], &[3, 0], "ICMPv6 Time Exceeded, hop limit in transit");
+        assert_eq!(&icmp[4..8], &[0u8; 4]);
+        let pseudo = checksum::pseudo_v6(&src.parse().unwrap(), &dst.parse().unwrap(), 58, icmp.len() as u32);
+        assert_eq!(checksum::fold(pseudo + checksum::sum(icmp)), 0xffff, "ICMPv6 checksum");
+        assert_eq!(&icmp[8..], &inner[..quoted]);
+    }
+}
+
+#[test]
+fn a_packet_whose_ttl_runs_out_here_becomes_time_exceeded() {
+    let icmp = IcmpConfig { source_v6: Some(INSIDE6.parse().unwrap()), ..IcmpConfig::default() };
+    let mut e = headend_with(icmp, &Setup::default());
+    for ttl in [1u8, 0] {
+        let f = ip_udp_frame(SERVER4, CLIENT_IN4, 33434, 33435, b"traceroute probe", ttl);
+        let (r, out, _) = encap(&mut e, &f);
+        assert_eq!((r.verdict, r.spi), (OutVerdict::IcmpTtlExceeded, Some(SPI_OUT)));
+        check_time_exceeded(&out, &f, OUTER4.headend);
+        let f = ip_udp_frame(SERVER6, CLIENT_IN6, 33434, 33435, b"traceroute probe", ttl);
+        let (r, out, _) = encap(&mut e, &f);
+        assert_eq!(r.verdict, OutVerdict::IcmpTtlExceeded);
+        check_time_exceeded(&out, &f, INSIDE6);
+    }
+    // A big one is quoted only as far as fits.
+    let f = reply(SERVER4, CLIENT_IN4, 1400);
+    let mut f1 = f.clone();
+    f1[22] = 1;
+    f1[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum::checksum(&f1[14..34]);
+    f1[24..26].copy_from_slice(&c.to_be_bytes());
+    let (r, out, _) = encap(&mut e, &f1);
+    assert_eq!(r.verdict, OutVerdict::IcmpTtlExceeded);
+    check_time_exceeded(&out, &f1, OUTER4.headend);
+    let c = e.counters();
+    assert_eq!((c.icmp_ttl_exceeded, c.icmp_too_big, c.encap_packets, c.total_drops()), (5, 0, 0, 0));
+    // The one bucket serves both kinds: with a burst of 2, the third error is refused.
+    let mut e = headend_with(IcmpConfig { rate: 20, ..IcmpConfig::default() }, &Setup::default());
+    let probe = ip_udp_frame(SERVER4, CLIENT_IN4, 33434, 33435, b"p", 1);
+    assert_eq!(encap(&mut e, &probe).0.verdict, OutVerdict::IcmpTtlExceeded);
+    assert_eq!(encap(&mut e, &reply(SERVER4, CLIENT_IN4, 1500)).0.verdict, OutVerdict::IcmpTooBig);
+    assert_eq!(encap(&mut e, &probe).0.verdict, OutVerdict::Drop(DropReason::TtlExceeded));
 }

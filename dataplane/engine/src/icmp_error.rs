@@ -1,26 +1,39 @@
-//! Packets too big for the tunnel. A tunnel-mode packet whose ESP packet would exceed
-//! the public side's MTU cannot leave whole. Where its sender can be told, an IPv4
-//! packet with DF set or any IPv6 packet (routers never fragment IPv6), the frame becomes
-//! in place the ICMP error that tells it the largest inner packet that fits:
-//! Fragmentation Needed (RFC 1191) or Packet Too Big (RFC 4443 §3.2), as RFC 4301 §8.2
-//! asks of a tunnel's entry, so that path MTU discovery works through the tunnel instead
-//! of losing every full-size packet. The error quotes the packet as it arrived, as much
-//! of it as fits in 576 bytes (IPv4, RFC 1812 §4.3.2.3) or 1280 (IPv6), and goes back
-//! the way the packet came, untagged.
+//! The ICMP errors a router sends in place of a packet it cannot forward, as the engine
+//! sends them about packets from the protected side (RFC 1812, RFC 4443, and RFC 4301
+//! §8.2 for a tunnel's entry); the frame becomes the error in place, quoting the packet
+//! as it arrived, as much of it as fits in 576 bytes (IPv4, RFC 1812 §4.3.2.3) or 1280
+//! (IPv6), and goes back the way the packet came, untagged:
+//!
+//! - **too big for the tunnel**: a tunnel-mode packet whose ESP packet would exceed the
+//!   public side's MTU, where its sender can be told (an IPv4 packet with DF set, or any
+//!   IPv6 packet: routers never fragment IPv6): Fragmentation Needed (RFC 1191) or Packet
+//!   Too Big (RFC 4443 §3.2) with the largest inner packet that fits, so that path MTU
+//!   discovery works through the tunnel instead of losing every full-size packet;
+//! - **TTL exceeded**: a tunnel-mode packet whose TTL or hop limit would reach zero here:
+//!   Time Exceeded in transit (RFC 792, RFC 4443 §3.3), so that traceroute shows the
+//!   headend.
 //!
 //! No error is sent about an ICMP error, a fragment other than the first, or a packet
 //! whose source is not a host's (unspecified, loopback, multicast, broadcast), nor to a
 //! multicast or broadcast IPv4 destination (RFC 1812 §4.3.2.7, RFC 4443 §2.4(e)); errors
-//! are rate-limited (RFC 4443 §2.4(f)) by a token bucket per engine. Those packets are
-//! dropped as `mtu_exceeded`, as are IPv4 packets without DF (which would need
-//! fragmenting).
+//! are rate-limited (RFC 4443 §2.4(f)) by one token bucket per engine. Those packets are
+//! dropped under their reason (`mtu_exceeded`, `ttl_exceeded`), as are IPv4 packets too
+//! big without DF (which would want fragmenting).
 
 use crate::buf::Frame;
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::{icmp, ipv4, ipv6, proto};
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// How the engine answers packets too big for the tunnel.
+/// Which error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IcmpError {
+    /// Too big for the tunnel; the largest inner packet that fits.
+    TooBig(usize),
+    TtlExceeded,
+}
+
+/// How the engine sends ICMP errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IcmpConfig {
     /// The source of errors about IPv4 and IPv6 packets: an address of the headend on the
@@ -138,16 +151,16 @@ pub(crate) fn has_room(at: usize, v6: bool) -> bool {
     at >= ethernet::HEADER_LEN + icmp::HEADER_LEN + if v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN }
 }
 
-/// Turn `pkt`, whose inner packet of `ip_len` bytes is at `l3`, into the error about it
-/// from `from` to `to`, reporting `mtu`. False, the frame unchanged, if the buffer lacks
-/// the headroom (the error's headers go in front of the quoted packet).
+/// Turn `pkt`, whose inner packet of `ip_len` bytes is at `l3`, into the error `what`
+/// about it from `from` to `to`. False, the frame unchanged, if the buffer lacks the
+/// headroom (the error's headers go in front of the quoted packet).
 pub(crate) fn write<F: Frame>(
     pkt: &mut F,
     l3: usize,
     ip_len: usize,
     from: IpAddr,
     to: IpAddr,
-    mtu: usize,
+    what: IcmpError,
     ident: u16,
 ) -> bool {
     let v6 = to.is_ipv6();
@@ -184,7 +197,11 @@ pub(crate) fn write<F: Frame>(
                 total_len: total as u16,
             };
             ipv4::Packet::new_unchecked(&mut f[ip..]).emit_basic(&repr);
-            icmp::Packet::new_unchecked(&mut f[msg..]).emit_frag_needed(mtu.min(usize::from(u16::MAX)) as u16);
+            let (t, code, rest) = match what {
+                IcmpError::TooBig(mtu) => (icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED, mtu.min(0xffff) as u32),
+                IcmpError::TtlExceeded => (icmp::TIME_EXCEEDED, 0, 0),
+            };
+            icmp::Packet::new_unchecked(&mut f[msg..]).emit_error_v4(t, code, rest);
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
             f[12..ip].copy_from_slice(&ethertype::IPV6.to_be_bytes());
@@ -199,7 +216,11 @@ pub(crate) fn write<F: Frame>(
                 payload_len,
             };
             ipv6::Packet::new_unchecked(&mut f[ip..]).emit(&repr);
-            icmp::Packet::new_unchecked(&mut f[msg..]).emit_packet_too_big(mtu as u32, &src, &dst);
+            let (t, rest) = match what {
+                IcmpError::TooBig(mtu) => (icmp::PACKET_TOO_BIG, mtu.min(u32::MAX as usize) as u32),
+                IcmpError::TtlExceeded => (icmp::TIME_EXCEEDED_V6, 0),
+            };
+            icmp::Packet::new_unchecked(&mut f[msg..]).emit_error_v6(t, 0, rest, &src, &dst);
         }
         _ => return false,
     }
