@@ -7,6 +7,9 @@ workers, software dispatch, net_pcap ports); then, while it is still running:
   and per drop reason, per worker as the Toeplitz owner of each SA predicts, and
   packets in = out + dropped + consumed, with nothing pending;
 - the port counters equal what DPDK's own `/ethdev/stats` telemetry reports;
+- a packet whose hop limit ran out came back to the protected side as ICMPv6 Time
+  Exceeded from the SA's address, quoting it; one that was itself an ICMPv6 error was
+  dropped;
 - `GET /stats/sa/<spi>`, asked of the owning worker, has each SA's packets, inner bytes,
   drops, sequence numbers and NAT endpoint;
 - `natt-control stats` prints the same, `/metrics` parses as Prometheus text (with the
@@ -27,6 +30,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from scapy.all import AH, IP, UDP, Ether, IPv6, Raw, raw
+from scapy.all import rdpcap
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6TimeExceeded
 
 from dp import HEADEND4, MAC_GW, Client, Control, Dataplane, owner, pcap_port, write_pcap
 
@@ -51,8 +56,10 @@ EXPECTED_DROPS = {
     "ah_unsupported": 1,
     "ip_checksum_bad": 1,
     "no_outbound_sa": 2,  # replies to addresses no SA covers
-    "ttl_exceeded": 1,  # a reply to client 22 with hop limit 1
+    "ttl_exceeded": 1,  # an ICMPv6 error to client 22 with hop limit 1 (no error about an error)
 }
+# And a UDP packet to client 22 with hop limit 1: answered with Time Exceeded, not dropped.
+ICMP_SENT = 1
 
 
 def telemetry_client():
@@ -116,6 +123,8 @@ def live(tmp_path_factory):
     prot.append(Ether(src=MAC_GW, dst=MAC_PROTECTED) / IPv6(src="fd00:10::5", dst="fd00:99::1") / UDP() / Raw(b"no SA"))
     c22 = CLIENTS[2]
     prot.append(Ether(src=MAC_GW, dst=MAC_PROTECTED) / IPv6(src=c22.server, dst=c22.inner_addr, hlim=1) / UDP() / Raw(b"last hop"))
+    prot.append(Ether(src=MAC_GW, dst=MAC_PROTECTED) / IPv6(src=c22.server, dst=c22.inner_addr, hlim=1)
+                / ICMPv6DestUnreach() / Raw(bytes(48)))
 
     write_pcap(tmp / "pub.pcap", pub)
     write_pcap(tmp / "prot.pcap", prot)
@@ -141,7 +150,7 @@ def live(tmp_path_factory):
         assert time.monotonic() < deadline, f"the capture was not processed: {json.dumps(s['accounting'])}"
         time.sleep(0.1)
     yield dict(ctl=ctl, url=url, dp=dp, stats=s, pub=pub, prot=prot, requests=requests, replies=replies,
-               prefix=prefix)
+               prefix=prefix, tmp=tmp)
     dp.stop()
     ctl.stop_daemon()
 
@@ -164,10 +173,11 @@ def test_counters_per_reason_equal_the_capture(live):
     assert t["encap_bytes"] == sum(len(raw(p)) for ps in live["replies"].values() for p in ps)
     assert (t["keepalives"], t["punt_ike"], t["punts"]["ike"], t["nat_changes"]) == (2, 1, 1, 1)
     assert (t["rx_public"], t["rx_protected"]) == (len(live["pub"]), len(live["prot"]))
-    assert (t["tx_public"], t["tx_protected"], t["tx_punt"]) == (good, good, 1)
+    assert (t["tx_public"], t["tx_protected"], t["tx_punt"]) == (good, good + ICMP_SENT, 1)
+    assert (t["icmp_ttl_exceeded"], t["icmp_too_big"], t["mss_clamped"]) == (ICMP_SENT, 0, 0)
     assert t["handoff_out"] == t["rx_handoff"] > 0, "software dispatch over two workers hands SAs over"
     a = s["accounting"]
-    assert a == {"in": len(live["pub"]) + len(live["prot"]), "out": 2 * good + 1,
+    assert a == {"in": len(live["pub"]) + len(live["prot"]), "out": 2 * good + 1 + ICMP_SENT,
                  "dropped": sum(EXPECTED_DROPS.values()), "consumed": 2, "pending": 0, "balanced": True}
     assert a["in"] == a["out"] + a["dropped"] + a["consumed"]
 
@@ -196,12 +206,25 @@ def test_ports_agree_with_dpdks_own_counters(live):
     assert all(p["driver"] == "net_pcap" for p in ports.values())
     good = N * len(CLIENTS)
     assert (ports[0]["ipackets"], ports[0]["opackets"]) == (len(live["pub"]), good)
-    assert (ports[1]["ipackets"], ports[1]["opackets"]) == (len(live["prot"]), good)
+    assert (ports[1]["ipackets"], ports[1]["opackets"]) == (len(live["prot"]), good + ICMP_SENT)
     assert (ports[2]["ipackets"], ports[2]["opackets"]) == (0, 1)
     for pid, p in ports.items():
         dpdk = telemetry(live["prefix"], f"/ethdev/stats,{pid}")["/ethdev/stats"]
         for k in ("ipackets", "opackets", "ibytes", "obytes", "imissed", "ierrors", "oerrors", "rx_nombuf"):
             assert p[k] == dpdk[k], (pid, k)
+
+
+def test_the_hop_limit_that_ran_out_came_back_as_time_exceeded(live):
+    c22 = CLIENTS[2]
+    sent = []
+    for w in range(WORKERS):
+        sent += rdpcap(str(live["tmp"] / f"prot.pcap-out{w}"))
+    errors = [f for f in sent if ICMPv6TimeExceeded in f]
+    assert len(errors) == ICMP_SENT
+    e = errors[0]
+    # From the SA's own address (no --icmp-source), to the server, quoting the packet.
+    assert (e[IPv6].src, e[IPv6].dst, e[ICMPv6TimeExceeded].code) == (c22.headend, c22.server, 0)
+    assert raw(e[ICMPv6TimeExceeded].payload) == raw(live["prot"][-2][IPv6])
 
 
 def sa_stats(live, spi):
