@@ -110,13 +110,13 @@ pub struct Args {
     #[arg(long, default_value_t = 1500, value_name = "BYTES")]
     pub mtu: usize,
     /// Source of the ICMP errors sent to the protected side about packets too big for the
-    /// tunnel (Fragmentation Needed, Packet Too Big): an address of the headend there;
-    /// repeat for an IPv4 and an IPv6 one. Default: the SA's own address where it is of
-    /// the packet's family.
+    /// tunnel (Fragmentation Needed, Packet Too Big) or out of TTL (Time Exceeded): an
+    /// address of the headend there; repeat for an IPv4 and an IPv6 one. Default: the
+    /// SA's own address where it is of the packet's family.
     #[arg(long = "icmp-source", value_name = "ADDR")]
     pub icmp_source: Vec<std::net::IpAddr>,
     /// ICMP errors per second per worker at most (0: none, the packets are dropped as
-    /// mtu_exceeded).
+    /// mtu_exceeded or ttl_exceeded).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub icmp_rate: u32,
     /// TCP MSS clamping of SYNs crossing the tunnel: `auto` lowers an MSS option to what

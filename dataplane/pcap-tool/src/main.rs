@@ -57,8 +57,9 @@ struct Run {
     /// Largest outer IP packet to send, in bytes.
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(576..))]
     mtu: u16,
-    /// Source of the ICMP errors about packets too big for the tunnel (an address of the
-    /// headend on the protected side; give an IPv4 and an IPv6 one for both families).
+    /// Source of the ICMP errors about packets too big for the tunnel or out of TTL (an
+    /// address of the headend on the protected side; give an IPv4 and an IPv6 one for both
+    /// families).
     /// Default: the SA's own address, where it is of the packet's family.
     #[arg(long = "icmp-source", value_name = "ADDR")]
     icmp_source: Vec<std::net::IpAddr>,
