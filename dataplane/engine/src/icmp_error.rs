@@ -71,6 +71,14 @@ impl IcmpConfig {
         }
         Ok(c)
     }
+
+    /// The source of an error about a packet of the family `v6` through an SA whose own
+    /// address is `local`: the address given for the family, else `local` if it is of
+    /// the family; `None`: no error can be sent.
+    pub(crate) fn source(&self, v6: bool, local: IpAddr) -> Option<IpAddr> {
+        let given = if v6 { self.source_v6.map(IpAddr::V6) } else { self.source_v4.map(IpAddr::V4) };
+        given.or((local.is_ipv6() == v6).then_some(local))
+    }
 }
 
 /// Largest ICMP error, quoted packet included: IPv4 (RFC 1812 §4.3.2.3), IPv6 (RFC 4443

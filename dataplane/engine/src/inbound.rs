@@ -688,7 +688,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
 /// not looked up here). Returns whether it did.
 fn clamp_mss<K, F: Frame>(pkt: &mut F, v6: bool, hl: usize, sa: &SaRuntime<K>, cfg: &EngineConfig) -> bool {
     let Some(ip) = pkt.data_mut().get_mut(ethernet::HEADER_LEN..) else { return false };
-    if ip.get(hl + 13).is_none_or(|flags| flags & 0x02 == 0) {
+    if !crate::mss::is_syn(ip, hl) {
         return false;
     }
     let outer = if sa.local_v6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN };

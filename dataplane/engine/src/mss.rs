@@ -56,6 +56,13 @@ const OPT_END: u8 = 0;
 const OPT_NOP: u8 = 1;
 const OPT_MSS: u8 = 2;
 
+/// Whether the TCP segment after the `hl`-byte IP header of `ip` is a SYN (or SYN-ACK):
+/// the cheap look both directions take at every TCP packet before `clamp`.
+#[inline]
+pub(crate) fn is_syn(ip: &[u8], hl: usize) -> bool {
+    ip.get(hl + 13).is_some_and(|flags| flags & TCP_SYN != 0)
+}
+
 /// Lower the MSS option of the TCP SYN in `ip` (an IPv4 or IPv6 packet: `v6`, header of
 /// `hl` bytes) to `limit`. Returns whether it changed anything.
 pub(crate) fn clamp(ip: &mut [u8], v6: bool, hl: usize, limit: u16) -> bool {
@@ -68,8 +75,11 @@ pub(crate) fn clamp(ip: &mut [u8], v6: bool, hl: usize, limit: u16) -> bool {
     if protocol != Some(proto::TCP) || !whole {
         return false;
     }
+    if !is_syn(ip, hl) {
+        return false;
+    }
     let Some(tcp) = ip.get_mut(hl..) else { return false };
-    if tcp.len() < 20 || tcp[13] & TCP_SYN == 0 {
+    if tcp.len() < 20 {
         return false;
     }
     let doff = usize::from(tcp[12] >> 4) * 4;

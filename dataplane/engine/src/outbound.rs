@@ -9,6 +9,7 @@ use crate::crypto::{AeadInputs, AeadKey, Backend};
 use crate::engine::{Engine, MAX_BURST, account, expire};
 use crate::event::{Event, EventKind, ExpiryCause, Host, SeqReservation};
 use crate::icmp_error::IcmpError;
+use crate::mss::MssClamp;
 use crate::reason::{DropReason, PuntReason};
 use crate::sa::{CRYPTO_AHEAD, DfPolicy, Endpoint, Mode, OUTER4_LEN, OutboundAhead, SaStore};
 use crate::wire::esp::{self, ICV_LEN, PREFIX_LEN, TRAILER_LEN};
@@ -326,7 +327,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
     /// flags of every TCP packet, the rest for SYNs.
     #[inline]
     fn clamp_mss<F: Frame>(&mut self, pkt: &mut F, m: &Meta) {
-        if pkt.data().get(m.l3 + m.hl + 13).is_some_and(|flags| flags & 0x02 != 0) {
+        if pkt.data().get(m.l3..).is_some_and(|ip| crate::mss::is_syn(ip, m.hl)) {
             self.clamp_syn(pkt, m);
         }
     }
@@ -352,15 +353,8 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         if matches!(what, IcmpError::TooBig(_)) && !m.v6 && !m.df {
             return refused;
         }
-        let Some(local) = self.sas.entry(m.slot).map(|e| e.rt.local) else { return refused };
-        let icmp = self.cfg.icmp;
-        let from = match (m.v6, local) {
-            (false, _) if icmp.source_v4.is_some() => icmp.source_v4.map(IpAddr::V4),
-            (true, _) if icmp.source_v6.is_some() => icmp.source_v6.map(IpAddr::V6),
-            (false, IpAddr::V4(_)) | (true, IpAddr::V6(_)) => Some(local),
-            _ => None,
-        };
-        let Some(from) = from else { return refused };
+        let local = self.sas.entry(m.slot).map(|e| e.rt.local);
+        let Some(from) = local.and_then(|l| self.cfg.icmp.source(m.v6, l)) else { return refused };
         let ip = pkt.data().get(m.l3..m.l3 + m.ip_len).unwrap_or_default();
         let Some(to) = crate::icmp_error::may_answer(ip, m.v6, m.hl) else { return refused };
         if !crate::icmp_error::has_room(pkt.head() + m.l3, m.v6) || !self.icmp_bucket.take(self.now) {
@@ -432,7 +426,7 @@ impl<B: Backend, S: SaStore<B::Key>> Engine<B, S> {
         if sa.expired {
             return Err(DropReason::SaExpired);
         }
-        let tcp = tunnel && m.next_header == proto::TCP;
+        let tcp = tunnel && m.next_header == proto::TCP && self.cfg.mss_clamp != MssClamp::Off;
         if tunnel {
             // Tunnel mode forwards: the inner TTL must survive its decrement.
             if m.ttl <= 1 {
